@@ -1,0 +1,108 @@
+"""Multi-head self-attention layer: projections, RoPE, KV cache, and a core.
+
+The layer owns the weights; the attention math is a pure function (the
+`core`) that subclasses choose. Masks arrive as structure (causal flag,
+positions, segment ids, key lengths), never as n x n arrays, so linear and
+blocked cores can honour them without materializing one.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from attention.kv_cache import KVCache
+from attention.masks import default_positions
+from attention.rope import apply_rope
+from sharding import axes as ax
+from sharding.axes import constrain
+
+
+def dtype_of(name: str):
+    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+
+
+def head_dim_of(cfg) -> int:
+    return cfg.head_dim if cfg.get("head_dim") else cfg.d_model // cfg.n_heads
+
+
+class MultiHeadAttention(nnx.Module):
+    """Q/K/V/O projections with logical axes; subclasses implement `core`."""
+
+    def __init__(self, cfg, *, rngs: nnx.Rngs):
+        D, N, K, H = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, head_dim_of(cfg)
+        self.num_heads, self.num_kv_heads, self.head_dim = N, K, H
+        self.causal = bool(cfg.causal)
+        self.use_rope = bool(cfg.get("rope", True))
+        self.rope_base = float(cfg.get("rope_base", 10000.0))
+        self.impl = cfg.get("attention_impl", "xla")
+        self.dtype = dtype_of(cfg.dtype)
+        std = cfg.init_std
+        out_std = std / (2 * cfg.n_layers) ** 0.5  # GPT-2 residual scaling
+        init = jax.nn.initializers.normal
+        self.wq_DNH = nnx.Param(init(std)(rngs.params(), (D, N, H)), logical_axes=(ax.EMBED, ax.HEADS, ax.HEAD_DIM))
+        self.wk_DKH = nnx.Param(init(std)(rngs.params(), (D, K, H)), logical_axes=(ax.EMBED, ax.KV_HEADS, ax.HEAD_DIM))
+        self.wv_DKH = nnx.Param(init(std)(rngs.params(), (D, K, H)), logical_axes=(ax.EMBED, ax.KV_HEADS, ax.HEAD_DIM))
+        self.wo_NHD = nnx.Param(init(out_std)(rngs.params(), (N, H, D)), logical_axes=(ax.HEADS, ax.HEAD_DIM, ax.EMBED))
+
+    @staticmethod
+    def param_count(cfg) -> int:
+        return cfg.d_model * head_dim_of(cfg) * (2 * cfg.n_heads + 2 * cfg.n_kv_heads)
+
+    @staticmethod
+    def core_flops_per_token(cfg, seq_len: int) -> float:
+        """Forward FLOPs of the attention core per query token (QK^T and AV over all keys)."""
+        return 4.0 * seq_len * cfg.n_heads * head_dim_of(cfg)
+
+    def core(self, q_BTNH, k_BSKH, v_BSKH, **mask: Any) -> jax.Array:
+        raise NotImplementedError(f"{type(self).__name__} must implement core()")
+
+    def init_cache(self, batch: int, max_len: int) -> KVCache:
+        return KVCache.init(batch, max_len, self.num_kv_heads, self.head_dim, self.dtype)
+
+    def __call__(
+        self,
+        x_BTD: jax.Array,
+        *,
+        positions_BT: jax.Array | None = None,
+        segment_ids_BT: jax.Array | None = None,
+        kv_lengths_B: jax.Array | None = None,
+        cache: KVCache | None = None,
+    ) -> tuple[jax.Array, KVCache | None]:
+        B, T, _ = x_BTD.shape
+        x_BTD = x_BTD.astype(self.dtype)
+        if positions_BT is None:
+            start_B = cache.lengths_B if cache is not None else jnp.zeros((B,), jnp.int32)
+            positions_BT = start_B[:, None] + default_positions(B, T)
+        q_BTNH = jnp.einsum("BTD,DNH->BTNH", x_BTD, self.wq_DNH[...].astype(self.dtype))
+        k_BTKH = jnp.einsum("BTD,DKH->BTKH", x_BTD, self.wk_DKH[...].astype(self.dtype))
+        v_BTKH = jnp.einsum("BTD,DKH->BTKH", x_BTD, self.wv_DKH[...].astype(self.dtype))
+        q_BTNH = constrain(q_BTNH, (ax.BATCH, ax.LENGTH, ax.HEADS, ax.HEAD_DIM))
+        if self.use_rope:
+            q_BTNH = apply_rope(q_BTNH, positions_BT, self.rope_base)
+            k_BTKH = apply_rope(k_BTKH, positions_BT, self.rope_base)
+
+        if cache is None:
+            out_BTNH = self.core(
+                q_BTNH, k_BTKH, v_BTKH, causal=self.causal,
+                q_positions_BT=positions_BT, kv_positions_BS=positions_BT,
+                q_segment_ids_BT=segment_ids_BT, kv_segment_ids_BS=segment_ids_BT,
+                kv_lengths_B=kv_lengths_B,
+            )
+            new_cache = None
+        else:
+            # Decoding: attend over everything cached so far plus the new positions.
+            if segment_ids_BT is not None:
+                raise ValueError("segment ids are not supported together with a KV cache")
+            new_cache = cache.write(k_BTKH, v_BTKH)
+            S = new_cache.max_len
+            out_BTNH = self.core(
+                q_BTNH, new_cache.k_BSKH, new_cache.v_BSKH, causal=True,
+                q_positions_BT=positions_BT, kv_positions_BS=default_positions(B, S),
+                kv_lengths_B=new_cache.lengths_B,
+            )
+        out_BTNH = constrain(out_BTNH, (ax.BATCH, ax.LENGTH, ax.HEADS, ax.HEAD_DIM))
+        y_BTD = jnp.einsum("BTNH,NHD->BTD", out_BTNH, self.wo_NHD[...].astype(self.dtype))
+        return y_BTD, new_cache

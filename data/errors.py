@@ -1,0 +1,2 @@
+class DataError(ValueError):
+    """Data cannot be loaded: missing, empty or undecodable input. One-line message."""

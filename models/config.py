@@ -1,0 +1,72 @@
+"""Model config defaults and validation (one-line errors naming field and value)."""
+from __future__ import annotations
+
+import ml_collections
+
+from attention.registry import ATTENTION_REGISTRY
+from models.ffn import ACTIVATIONS, FFN_REGISTRY
+
+
+class ConfigError(ValueError):
+    """An invalid config field; the message names the field and its value."""
+
+
+def default_model_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(
+        vocab_size=256,
+        d_model=128,
+        n_layers=4,
+        n_heads=4,
+        n_kv_heads=4,
+        head_dim=0,            # 0: d_model // n_heads
+        d_ff=512,
+        activation="gelu",     # gelu | swiglu
+        attention="dense",     # key into attention.registry
+        attention_impl="xla",  # how the attention core runs (xla now; pallas later)
+        ffn="mlp",             # key into models.ffn registry
+        ffn_every=1,           # FFN type on every k-th layer, "mlp" elsewhere
+        causal=True,
+        rope=True,
+        rope_base=10000.0,
+        tie_embeddings=True,
+        dtype="float32",       # compute dtype; parameters stay float32
+        norm_eps=1e-6,
+        init_std=0.02,
+        num_classes=0,         # classifier head width (encoder only)
+        pooling="cls",         # encoder pooling: cls | mean
+    ))
+
+
+def _positive_int(cfg, field: str) -> int:
+    value = cfg.get(field)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"model.{field}={value!r} must be a positive integer")
+    return value
+
+
+def validate_model_config(cfg) -> None:
+    for field in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff"):
+        _positive_int(cfg, field)
+    if cfg.attention not in ATTENTION_REGISTRY:
+        raise ConfigError(
+            f"model.attention={cfg.attention!r} is not a known attention type; choose one of {sorted(ATTENTION_REGISTRY)}"
+        )
+    if cfg.ffn not in FFN_REGISTRY:
+        raise ConfigError(f"model.ffn={cfg.ffn!r} is not a known FFN type; choose one of {sorted(FFN_REGISTRY)}")
+    if cfg.activation not in ACTIVATIONS:
+        raise ConfigError(f"model.activation={cfg.activation!r} must be one of {list(ACTIVATIONS)}")
+    if cfg.dtype not in ("float32", "bfloat16"):
+        raise ConfigError(f"model.dtype={cfg.dtype!r} must be 'float32' or 'bfloat16'")
+    if not cfg.head_dim and cfg.d_model % cfg.n_heads:
+        raise ConfigError(
+            f"model.n_heads={cfg.n_heads} does not divide model.d_model={cfg.d_model} (set model.head_dim to decouple them)"
+        )
+    if cfg.n_heads % cfg.n_kv_heads:
+        raise ConfigError(f"model.n_kv_heads={cfg.n_kv_heads} does not divide model.n_heads={cfg.n_heads}")
+    head_dim = cfg.head_dim or cfg.d_model // cfg.n_heads
+    if cfg.rope and head_dim % 2:
+        raise ConfigError(f"model.head_dim={head_dim} must be even when model.rope=True")
+    from attention.dense import DENSE_IMPLS
+
+    if cfg.attention_impl not in DENSE_IMPLS:
+        raise ConfigError(f"model.attention_impl={cfg.attention_impl!r} must be one of {sorted(DENSE_IMPLS)}")

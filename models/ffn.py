@@ -1,0 +1,74 @@
+"""Feed-forward layers by config string (`model.ffn`).
+
+Every FFN returns `(y_BTD, aux)`, where `aux` is a flat dict of auxiliary
+losses and metrics (empty for the MLP; the MoE layer fills it), so the block
+treats all of them alike.
+"""
+from __future__ import annotations
+
+from typing import Callable, TypeVar
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from attention.base import dtype_of
+from sharding import axes as ax
+from sharding.axes import constrain
+
+FFN_REGISTRY: dict[str, type] = {}
+T = TypeVar("T", bound=type)
+
+
+def register_ffn(name: str) -> Callable[[T], T]:
+    def deco(cls: T) -> T:
+        if name in FFN_REGISTRY:
+            raise ValueError(f"FFN type {name!r} is registered twice")
+        FFN_REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def get_ffn(name: str) -> type:
+    if name not in FFN_REGISTRY:
+        raise KeyError(f"model.ffn={name!r} is not a known FFN type; choose one of {sorted(FFN_REGISTRY)}")
+    return FFN_REGISTRY[name]
+
+
+ACTIVATIONS = ("gelu", "swiglu")
+
+
+@register_ffn("mlp")
+class MLP(nnx.Module):
+    """Two-layer MLP with GELU, or the gated SwiGLU variant (Shazeer 2020, eq. 6)."""
+
+    def __init__(self, cfg, *, rngs: nnx.Rngs):
+        D, F = cfg.d_model, cfg.d_ff
+        self.activation = cfg.activation
+        self.dtype = dtype_of(cfg.dtype)
+        init = jax.nn.initializers.normal
+        out_std = cfg.init_std / (2 * cfg.n_layers) ** 0.5
+        self.wi_DF = nnx.Param(init(cfg.init_std)(rngs.params(), (D, F)), logical_axes=(ax.EMBED, ax.MLP))
+        if self.activation == "swiglu":
+            self.wg_DF = nnx.Param(init(cfg.init_std)(rngs.params(), (D, F)), logical_axes=(ax.EMBED, ax.MLP))
+        self.wo_FD = nnx.Param(init(out_std)(rngs.params(), (F, D)), logical_axes=(ax.MLP, ax.EMBED))
+
+    @staticmethod
+    def param_count(cfg) -> int:
+        return (3 if cfg.activation == "swiglu" else 2) * cfg.d_model * cfg.d_ff
+
+    @staticmethod
+    def flops_per_token(cfg) -> float:
+        return 2.0 * MLP.param_count(cfg)
+
+    def __call__(self, x_BTD: jax.Array) -> tuple[jax.Array, dict]:
+        x_BTD = x_BTD.astype(self.dtype)
+        h_BTF = jnp.einsum("BTD,DF->BTF", x_BTD, self.wi_DF[...].astype(self.dtype))
+        if self.activation == "swiglu":
+            g_BTF = jnp.einsum("BTD,DF->BTF", x_BTD, self.wg_DF[...].astype(self.dtype))
+            h_BTF = jax.nn.silu(g_BTF) * h_BTF
+        else:
+            h_BTF = jax.nn.gelu(h_BTF)
+        h_BTF = constrain(h_BTF, (ax.BATCH, ax.LENGTH, ax.MLP))
+        return jnp.einsum("BTF,FD->BTD", h_BTF, self.wo_FD[...].astype(self.dtype)), {}

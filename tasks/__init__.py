@@ -1,0 +1,16 @@
+"""Tasks by config string (`config.task`)."""
+from tasks.base import Task
+from tasks.lm import LMTask
+
+TASKS: dict[str, type[Task]] = {"lm": LMTask}
+
+
+def get_task(name: str) -> type[Task]:
+    if name not in TASKS:
+        from models.config import ConfigError
+
+        raise ConfigError(f"task={name!r} is not a known task; choose one of {sorted(TASKS)}")
+    return TASKS[name]
+
+
+__all__ = ["Task", "LMTask", "TASKS", "get_task"]

@@ -1,0 +1,95 @@
+"""What a task gives the generic train loop.
+
+A task owns its model construction, loss and metrics, data and evaluation;
+`train.py` owns everything else (mesh, sharding, optimizer, checkpoints,
+logging). The LM task is the first; the classifier and CLIP plug in the
+same way, registered in `tasks/__init__.py`.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class Task:
+    """Base class; subclasses fill in every method that raises here."""
+
+    name: str = ""
+    flops_head: str = "lm"  # which output head `models.flops` should count
+
+    def __init__(self, config, process_index: int = 0, process_count: int = 1):
+        self.config = config
+        self.process_index = process_index
+        self.process_count = process_count
+
+    # --- model -------------------------------------------------------------
+    def build_model(self, rngs):
+        raise NotImplementedError
+
+    def loss(self, model, batch: Mapping[str, jax.Array], rng: jax.Array, train: bool) -> tuple[jax.Array, dict]:
+        """Mean loss of a (micro)batch and a flat dict of scalar metrics."""
+        raise NotImplementedError
+
+    # --- data --------------------------------------------------------------
+    def batch_axes(self) -> dict[str, tuple]:
+        """Logical axis names of each batch array (the loop maps them to the mesh)."""
+        raise NotImplementedError
+
+    def train_batch(self, step: int) -> dict[str, np.ndarray]:
+        """This process's rows of the global training batch for `step`."""
+        raise NotImplementedError
+
+    def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
+        raise NotImplementedError
+
+    @property
+    def tokens_per_step(self) -> int:
+        raise NotImplementedError
+
+    # --- evaluation --------------------------------------------------------
+    def eval_sums(self, model, batch) -> dict[str, jax.Array]:
+        """Sums over the batch (e.g. total loss, total weight); added across batches."""
+        raise NotImplementedError
+
+    def eval_metrics(self, sums: Mapping[str, float]) -> dict[str, float]:
+        raise NotImplementedError
+
+    def eval_extras(self, model, step: int) -> dict[str, Any]:
+        """Anything beyond metrics logged at evaluation (e.g. a text sample)."""
+        return {}
+
+
+def collect_aux(aux_per_layer: list[dict]) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Folds per-layer auxiliary outputs into (extra loss, metrics).
+
+    Each layer's dict maps namespaced names to scalars. Names ending in
+    `_loss` are already weighted loss terms: their mean over the layers that
+    report them is added to the objective. Every name is reported as a
+    metric averaged over layers and per layer (`name/layer_3`).
+    """
+    extra = jnp.zeros((), jnp.float32)
+    metrics: dict[str, jax.Array] = {}
+    names = sorted({k for a in aux_per_layer for k in a})
+    for name in names:
+        values = [(i, a[name]) for i, a in enumerate(aux_per_layer) if name in a]
+        mean = sum(v for _, v in values) / len(values)
+        metrics[name] = mean
+        for i, v in values:
+            metrics[f"{name}/layer_{i}"] = v
+        if name.endswith("_loss"):
+            extra = extra + mean
+    return extra, metrics
+
+
+def cross_entropy(logits_BTV: jax.Array, targets_BT: jax.Array, weights_BT: jax.Array | None = None):
+    """(sum of token losses, sum of weights, sum of correct predictions), in float32."""
+    logits_BTV = logits_BTV.astype(jnp.float32)
+    logz_BT = jax.nn.logsumexp(logits_BTV, axis=-1)
+    target_logit_BT = jnp.take_along_axis(logits_BTV, targets_BT[..., None], axis=-1)[..., 0]
+    nll_BT = logz_BT - target_logit_BT
+    w_BT = jnp.ones_like(nll_BT) if weights_BT is None else weights_BT.astype(jnp.float32)
+    correct_BT = (jnp.argmax(logits_BTV, axis=-1) == targets_BT).astype(jnp.float32)
+    return jnp.sum(nll_BT * w_BT), jnp.sum(w_BT), jnp.sum(correct_BT * w_BT)

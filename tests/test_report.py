@@ -1,0 +1,365 @@
+"""experiments.results I/O, experiments.report (API + CLI) and the analysis notebook."""
+
+import json
+import math
+import re
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from experiments import report, stats
+from experiments.results import append_result, load_results
+
+REPO = Path(__file__).resolve().parents[1]
+SEED_EFFECT = [0.02, -0.01, 0.015, -0.02, 0.0, 0.01]  # shared across points: same data order per seed
+
+
+def _record(point, d_model, seed, value, *, mode="tokens", budget=2_048_000, data_order="seed",
+            best_offset=-0.01, tokens=2_048_000):
+    params = 12 * 2 * d_model ** 2
+    fpt = 6.0 * params
+    if mode == "flops":
+        tokens = int(budget // fpt)
+    return {"study": "lm_scaling", "point": point, "overrides": {"model.d_model": d_model},
+            "seed": seed, "budget": {"mode": mode, "value": budget}, "steps": 500, "tokens": tokens,
+            "params": params, "flops_per_token": fpt, "train_flops": fpt * tokens, "wall_time_s": 1.0,
+            "final": {"eval/loss": value / 1.44, "eval/bpb": value},
+            "best": {"eval/loss": (value + best_offset) / 1.44, "eval/bpb": value + best_offset},
+            "curve": [{"step": s, "eval/bpb": value + 1.0 / s * 50, "eval/loss": (value + 50.0 / s) / 1.44}
+                      for s in (100, 200, 300, 400, 500)],
+            "data_order": data_order}
+
+
+def _value(d_model, seed, rng):
+    # Scaling-law means (bigger model = more FLOPs at matched tokens = lower bpb),
+    # a per-seed effect shared by all points, and small run noise.
+    c = 6.0 * 24 * d_model ** 2 * 2_048_000
+    return 1.5 + 2e3 * c ** -0.3 + SEED_EFFECT[seed] + rng.normal(0, 0.002)
+
+
+POINTS = [("d_model=64", 64), ("d_model=128", 128), ("d_model=256", 256)]
+
+
+def _write_study(path: Path, points=POINTS, seeds=range(5), **kw) -> list[dict]:
+    rng = np.random.default_rng(0)
+    recs = []
+    for name, d in points:
+        for s in seeds:
+            r = _record(name, d, s, _value(d, s, rng), **kw)
+            append_result(path / "results.jsonl", r)
+            recs.append(r)
+    return recs
+
+
+def _vals(recs, point, key="final", metric="eval/bpb"):
+    return np.array([r[key][metric] for r in sorted(recs, key=lambda r: r["seed"]) if r["point"] == point])
+
+
+def _section(md: str, title: str) -> str:
+    return md.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def _plain_numbers(line: str):
+    m = re.search(r"by ([\d.]+) ± ([\d.]+) bpb .*\(p_(\w+) = ([\de.+-]+), (d_z|d) = (-?[\d.]+)", line)
+    assert m, line
+    return float(m[1]), float(m[2]), m[3], float(m[4]), m[5], float(m[6])
+
+
+# ----------------------------------------------------------------- results.py
+
+def test_append_and_load_roundtrip_numpy_types(tmp_path):
+    p = tmp_path / "sub" / "results.jsonl"
+    append_result(p, {"point": "a", "seed": 0, "final": {"eval/bpb": np.float32(1.5)}, "curve": np.arange(2)})
+    append_result(p, {"point": "b", "seed": np.int64(1).item(), "final": {"eval/bpb": 2.0}})
+    recs = load_results(p)
+    assert [r["point"] for r in recs] == ["a", "b"]
+    assert recs[0]["final"]["eval/bpb"] == 1.5 and recs[0]["curve"] == [0, 1]
+    assert p.read_text().count("\n") == 2
+
+
+def test_append_rejects_incomplete_record(tmp_path):
+    with pytest.raises(ValueError, match="missing required keys \\['final'\\]"):
+        append_result(tmp_path / "r.jsonl", {"point": "a", "seed": 0})
+
+
+def test_malformed_lines_reported_with_line_numbers(tmp_path):
+    p = tmp_path / "results.jsonl"
+    good = {"point": "a", "seed": 0, "final": {"eval/bpb": 1.0}}
+    lines = [json.dumps(good),                                  # 1 ok
+             "{not json",                                       # 2
+             "[1, 2]",                                          # 3 not an object
+             json.dumps({"point": "a", "final": {}}),           # 4 no seed
+             "",                                                # 5 blank: ignored
+             json.dumps({"point": "a", "seed": "0", "final": {}}),  # 6 seed not int
+             json.dumps(dict(good, seed=1)),                    # 7 ok
+             '{"point": "a", "seed": 2, "fin']                  # 8 truncated write
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.warns(UserWarning, match=r"skipped 5 malformed line\(s\): line 2: invalid JSON") as w:
+        recs, errors = load_results(p, return_errors=True)
+    msg = str(w[0].message)
+    for n in (2, 3, 4, 6, 8):
+        assert f"line {n}:" in msg
+    assert [r["seed"] for r in recs] == [0, 1]
+    assert [n for n, _ in errors] == [2, 3, 4, 6, 8]
+    reasons = dict(errors)
+    assert "not a JSON object" in reasons[3]
+    assert "missing required keys ['seed']" in reasons[4]
+    assert "'seed' is not an integer" in reasons[6]
+    with pytest.warns(UserWarning):
+        assert len(load_results(p)) == 2  # default return: records only
+
+
+def test_load_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"results file not found: .*nope\.jsonl"):
+        load_results(tmp_path / "nope.jsonl")
+
+
+# ----------------------------------------------------------------- report.py
+
+def test_write_report_table_lines_and_plots(tmp_path):
+    recs = _write_study(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no deprecation or runtime warnings on clean input
+        out = report.write_report(tmp_path)
+    assert out == tmp_path / "report.md"
+    md = out.read_text()
+
+    assert md.startswith("# Report: lm_scaling\n")
+    assert "Budget mode: **tokens**" in md
+    assert ("| point | params | train FLOPs | n | mean ± CI | diff vs baseline ± CI | p (raw) | p (corrected) "
+            "| Cohen's d |") in md
+    rows = {name: next(l for l in md.splitlines() if l.startswith(f"| `{name}`")) for name, _ in POINTS}
+    assert "(baseline)" in rows["d_model=64"] and "| baseline |" in rows["d_model=64"]
+    for name, d in POINTS:
+        cells = [c.strip() for c in rows[name].strip("|").split("|")]
+        assert cells[1] == report._si(24 * d ** 2)
+        assert cells[3] == "5"
+        s = stats.summarize(_vals(recs, name))
+        mean_s, half_s = cells[4].split(" ± ")
+        assert float(mean_s) == pytest.approx(s["mean"], abs=1e-3)
+        assert float(half_s) == pytest.approx((s["ci_high"] - s["ci_low"]) / 2, rel=0.05)
+
+    base = _vals(recs, "d_model=64")
+    raw = [stats.compare(_vals(recs, n), base, paired=True) for n in ("d_model=128", "d_model=256")]
+    holm = stats.correct_pvalues([r["p"] for r in raw], "holm")
+    comp = _section(md, "Comparisons").strip().splitlines()
+    assert len(comp) == 2
+    for line, r, q, name in zip(comp, raw, holm, ("d_model=128", "d_model=256")):
+        assert line.startswith(f"- {name} beats d_model=64 by ")
+        assert "at matched tokens" in line and "paired t on 5 common seeds" in line
+        diff, half, corr, p, dkind, d = _plain_numbers(line)
+        assert corr == "holm" and dkind == "d_z"
+        assert diff == pytest.approx(-r["diff"], rel=0.02)
+        assert half == pytest.approx((r["ci_high"] - r["ci_low"]) / 2, rel=0.05)
+        assert p == pytest.approx(q, rel=0.05)
+        assert d == pytest.approx(r["d"], abs=0.01)
+        # table agrees with the line
+        cells = [c.strip() for c in rows[name].strip("|").split("|")]
+        assert float(cells[5].split(" ± ")[0]) == pytest.approx(r["diff"], rel=0.02)
+        assert float(cells[6]) == pytest.approx(r["p"], rel=0.05)
+        assert float(cells[7]) == pytest.approx(q, rel=0.05)
+
+    # 3 compute values at matched tokens -> a fit is reported with b and its CI
+    fit = _section(md, "Scaling fit")
+    assert re.search(r"b = [\d.]+ \(95% bootstrap CI \[[\d.]+, [\d.]+\]", fit), fit
+    lim = _section(md, "Limitations")
+    assert "Fewer than 5 seeds" not in lim
+    for png in ("metric_vs_compute.png", "curves.png"):
+        data = (tmp_path / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_report_is_deterministic(tmp_path):
+    _write_study(tmp_path)
+    a = report.write_report(tmp_path).read_text()
+    png_a = (tmp_path / "metric_vs_compute.png").read_bytes()
+    b = report.write_report(tmp_path).read_text()
+    assert a == b
+    assert png_a == (tmp_path / "metric_vs_compute.png").read_bytes()
+
+
+def test_few_seeds_overlap_and_single_seed(tmp_path):
+    rng = np.random.default_rng(1)
+    for s in range(3):
+        append_result(tmp_path / "results.jsonl", _record("base", 64, s, 2.0 + SEED_EFFECT[s]))
+        append_result(tmp_path / "results.jsonl",
+                      _record("same", 64, s, 2.0 + SEED_EFFECT[s] + rng.normal(0, 0.003)))
+        append_result(tmp_path / "results.jsonl", _record("big", 256, s, 1.7 + SEED_EFFECT[s]))
+    append_result(tmp_path / "results.jsonl", _record("lonely", 128, 0, 1.9))
+    md = report.write_report(tmp_path).read_text()
+    lim = _section(md, "Limitations")
+    assert "Fewer than 5 seeds: `base` (n=3), `same` (n=3), `big` (n=3), `lonely` (n=1)" in lim
+    assert "The 95% CIs of `same`" in lim and "`base`" in lim
+    assert "CIs of `big`" not in lim  # big vs base: separated by 0.3 with sd 0.02
+    assert "`lonely` has 1 usable seed(s)" in lim
+    row = next(l for l in md.splitlines() if l.startswith("| `lonely`"))
+    assert "1.9000 (no CI)" in row and "not enough seeds" in row
+    comp = _section(md, "Comparisons")
+    assert "- same does not differ significantly from base:" in comp
+    assert "- big beats base by 0.3" in comp
+    assert "`lonely` vs `base`: not enough seeds" in comp
+
+
+def test_welch_when_data_order_independent(tmp_path):
+    recs = _write_study(tmp_path, data_order="independent")
+    md = report.write_report(tmp_path, correction="bh").read_text()
+    r = stats.compare(_vals(recs, "d_model=256"), _vals(recs, "d_model=64"), paired=False)
+    line = next(l for l in md.splitlines() if l.startswith("- d_model=256"))
+    assert "Welch t on 5+5 seeds" in line
+    diff, half, corr, p, dkind, d = _plain_numbers(line)
+    assert corr == "bh" and dkind == "d"
+    assert d == pytest.approx(r["d"], abs=0.01)
+    assert half == pytest.approx((r["ci_high"] - r["ci_low"]) / 2, rel=0.05)
+
+
+def test_pairs_on_common_seeds(tmp_path):
+    _write_study(tmp_path, points=POINTS[:1], seeds=range(5))
+    _write_study(tmp_path, points=POINTS[1:2], seeds=[0, 1, 2, 3, 5])
+    md = report.write_report(tmp_path).read_text()
+    assert "paired t on 4 common seeds" in md
+    assert "paired on common seeds [0, 1, 2, 3]; unmatched seeds dropped (`d_model=128`: [5], `d_model=64`: [4])" in md
+
+
+def test_use_best_and_metric(tmp_path):
+    recs = _write_study(tmp_path)
+    md = report.write_report(tmp_path, use="best", metric="eval/loss").read_text()
+    row = next(l for l in md.splitlines() if l.startswith("| `d_model=128`"))
+    mean = float(row.split("|")[5].split(" ± ")[0])
+    assert mean == pytest.approx(_vals(recs, "d_model=128", "best", "eval/loss").mean(), abs=1e-3)
+    assert "best (minimum) value over evals" in md
+    assert " loss at matched tokens" in md
+
+
+def test_matched_flops_skips_fit(tmp_path):
+    _write_study(tmp_path, mode="flops", budget=1e13)
+    md = report.write_report(tmp_path).read_text()
+    assert "at matched FLOPs" in md
+    assert "Power-law fit skipped: 1 distinct compute value(s)" in md
+    assert (tmp_path / "metric_vs_compute.png").stat().st_size > 0
+
+
+def test_fit_failure_is_reported_not_raised(tmp_path, monkeypatch):
+    _write_study(tmp_path)
+
+    def boom(*a, **k):
+        raise RuntimeError("Optimal parameters not found: maxfev reached")
+    monkeypatch.setattr(report.stats, "fit_power_law", boom)
+    md = report.write_report(tmp_path).read_text()
+    assert "Power-law fit failed: Optimal parameters not found" in md
+    assert (tmp_path / "metric_vs_compute.png").stat().st_size > 0
+
+
+def test_malformed_lines_listed_in_report(tmp_path):
+    _write_study(tmp_path)
+    with open(tmp_path / "results.jsonl", "a") as f:
+        f.write('{"point": "d_model=64", "se\n')
+    with pytest.warns(UserWarning, match=r"line\(s\) \[16\]"):
+        md = report.write_report(tmp_path).read_text()
+    assert "1 malformed line(s) in results.jsonl were skipped: line 16 (invalid JSON" in md
+
+
+def test_nonfinite_metric_excluded(tmp_path):
+    _write_study(tmp_path)
+    append_result(tmp_path / "results.jsonl", _record("d_model=256", 256, 5, float("nan")))
+    md = report.write_report(tmp_path).read_text()
+    assert "`d_model=256`: eval/bpb is non-finite for seed(s) [5]" in md
+    row = next(l for l in md.splitlines() if l.startswith("| `d_model=256`"))
+    assert row.split("|")[4].strip() == "5"
+
+
+@pytest.mark.parametrize("kwargs, exc, pattern", [
+    ({"baseline": "d_model=999"}, report.ReportError, "unknown baseline point 'd_model=999'"),
+    ({"metric": "eval/acc"}, report.ReportError, "metric 'eval/acc' missing from 'final' in 15 of 15 records"),
+])
+def test_write_report_errors(tmp_path, kwargs, exc, pattern):
+    _write_study(tmp_path)
+    with pytest.raises(exc, match=pattern):
+        report.write_report(tmp_path, **kwargs)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "experiments.report", *map(str, args)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_success(tmp_path):
+    _write_study(tmp_path)
+    res = _cli(tmp_path, "--correction", "bh", "--baseline", "d_model=128")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == str(tmp_path / "report.md")
+    md = (tmp_path / "report.md").read_text()
+    assert "| `d_model=128` (baseline)" in md
+    assert "- d_model=64 is worse than d_model=128 by" in md
+    assert "p_bh = " in md
+    assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def _one_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def test_cli_missing_dir(tmp_path):
+    res = _cli(tmp_path / "missing")
+    assert res.returncode == 2
+    assert f"results directory not found: {tmp_path / 'missing'}" in _one_line(res.stderr)
+
+
+def test_cli_unknown_baseline(tmp_path):
+    _write_study(tmp_path)
+    res = _cli(tmp_path, "--baseline", "nope")
+    assert res.returncode == 2
+    assert "unknown baseline point 'nope'" in _one_line(res.stderr)
+
+
+@pytest.mark.parametrize("setup, args, expect", [
+    ("empty_dir", [], "results file not found"),
+    ("study", ["--metric", "eval/ppl"], "metric 'eval/ppl' missing"),
+    ("single_seed_baseline", [], "baseline point 'solo' has 1 usable seed(s); need at least 2 seeds"),
+])
+def test_main_errors_exit_2(tmp_path, capsys, setup, args, expect):
+    if setup == "study":
+        _write_study(tmp_path)
+    elif setup == "single_seed_baseline":
+        append_result(tmp_path / "results.jsonl", _record("solo", 64, 0, 2.0))
+        _write_study(tmp_path, points=POINTS[1:2], seeds=range(3))
+    assert report.main([str(tmp_path), *args]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert expect in line
+
+
+def test_all_single_seed_still_reports(tmp_path):
+    _write_study(tmp_path, seeds=[0])
+    md = report.write_report(tmp_path).read_text()
+    assert "not enough seeds" in md
+    assert "Fewer than 5 seeds" in md
+
+
+# ----------------------------------------------------------------- notebook
+
+@pytest.mark.slow
+def test_notebook_executes(tmp_path, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+    try:
+        KernelSpecManager().get_kernel_spec("python3")
+    except NoSuchKernel:
+        subprocess.run([sys.executable, "-m", "ipykernel", "install", "--user", "--name", "python3"], check=True)
+    monkeypatch.delenv("RESULTS_JSONL", raising=False)
+    monkeypatch.delenv("REPO_URL", raising=False)
+    nb = nbformat.read(REPO / "notebooks" / "study_analysis.ipynb", as_version=4)
+    client = nbclient.NotebookClient(nb, timeout=180, kernel_name="python3",
+                                     resources={"metadata": {"path": str(REPO / "notebooks")}})
+    client.execute()
+    text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "SYNTHETIC DEMO DATA" in text
+    assert "Holm" in text
+    images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) >= 2

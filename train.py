@@ -1,0 +1,356 @@
+"""Generic sharded train loop and its command line.
+
+    python train.py --config experiments/lm_tiny.py --workdir runs/lm_tiny
+    python train.py --config experiments/lm_tiny.py:smoke --workdir /tmp/x --config.train.num_steps=20
+
+A task (see `tasks/`) supplies the model, loss, data and evaluation; this
+file supplies everything else: the mesh and shardings, the optimizer, the
+jitted `train_step`, evaluation, checkpoints (a rerun with the same workdir
+resumes) and metric logging. `train_and_evaluate(config, workdir)` is the
+entry point for tests, studies and notebooks.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from data.errors import DataError
+from models.config import ConfigError, validate_model_config
+from models.flops import param_count, train_flops_per_token
+from sharding.axes import logical_rules
+from sharding.mesh import MeshError, make_mesh
+from sharding.rules import logical_axes_of, logical_to_spec, rules_from_config, tree_shardings
+from tasks import get_task
+from trainer.checkpoint import Checkpointer, CheckpointMismatchError, check_compatible
+from trainer.optim import make_optimizer
+from trainer.writer import MetricWriter, Progress, progress_enabled
+
+log = logging.getLogger("train")
+
+# Errors in the user's input: reported as one line with exit status 2.
+INPUT_ERRORS = (ConfigError, DataError, MeshError, CheckpointMismatchError)
+
+
+@dataclasses.dataclass
+class Setup:
+    """Everything decided before compiling: checked config, mesh, task, shardings."""
+
+    config: ml_collections.ConfigDict
+    mesh: jax.sharding.Mesh
+    rules: dict
+    task: Any
+    graphdef: Any
+    abstract_params: Any
+    param_shardings: Any
+    state_shardings: Any
+    batch_shardings: dict
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+
+
+# --------------------------------------------------------------------------
+# Validation (before anything compiles)
+# --------------------------------------------------------------------------
+
+def validate_config(config, mesh) -> None:
+    validate_model_config(config.model)
+    d, o, t = config.data, config.optim, config.train
+    for section, field in (("data", "seq_len"), ("data", "batch_size"), ("train", "num_steps"),
+                           ("train", "log_every"), ("train", "eval_every"), ("train", "checkpoint_every"),
+                           ("train", "keep_checkpoints"), ("optim", "accum_steps"), ("data", "eval_batches")):
+        v = config[section][field]
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+            raise ConfigError(f"{section}.{field}={v!r} must be a positive integer")
+    if o.warmup_steps < 0:
+        raise ConfigError(f"optim.warmup_steps={o.warmup_steps} must be >= 0")
+    if float(o.learning_rate) <= 0:
+        raise ConfigError(f"optim.learning_rate={o.learning_rate} must be > 0")
+    dp = mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
+    if d.batch_size % o.accum_steps:
+        raise ConfigError(f"data.batch_size={d.batch_size} is not divisible by optim.accum_steps={o.accum_steps}")
+    micro = d.batch_size // o.accum_steps
+    if micro % dp:
+        raise ConfigError(
+            f"data.batch_size={d.batch_size} (micro-batch {micro}) is not divisible by the data-parallel size {dp} "
+            f"(mesh data x fsdp)"
+        )
+    eval_bs = d.eval_batch_size or d.batch_size
+    if eval_bs % dp:
+        raise ConfigError(f"data.eval_batch_size={eval_bs} is not divisible by the data-parallel size {dp}")
+    if jax.process_count() > 1 and (d.batch_size % jax.process_count() or eval_bs % jax.process_count()):
+        raise ConfigError(
+            f"data.batch_size={d.batch_size} is not divisible by the process count {jax.process_count()}"
+        )
+
+
+def config_to_dict(config) -> dict:
+    return json.loads(config.to_json_best_effort())
+
+
+# --------------------------------------------------------------------------
+# The train step: pure, jitted once with explicit shardings and donated state
+# --------------------------------------------------------------------------
+
+def train_step(state: dict, batch: dict, *, graphdef, task, tx, schedule, accum_steps: int, rules):
+    """(state, batch) -> (state, metrics). Metrics are scalars, namespaced `train/...`."""
+    with logical_rules(rules):
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+
+        def loss_fn(params, micro, r):
+            return task.loss(nnx.merge(graphdef, params), micro, r, train=True)
+
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        if accum_steps == 1:
+            (_, metrics), grads = grad_fn(state["params"], batch, rng)
+        else:
+            # [B, ...] -> [A, B/A, ...]: micro-batch a takes rows a*B/A .. (a+1)*B/A.
+            micro_batches = jax.tree.map(lambda x: x.reshape(accum_steps, -1, *x.shape[1:]), batch)
+
+            def body(carry, xs):
+                micro, i = xs
+                (_, m), g = grad_fn(state["params"], micro, jax.random.fold_in(rng, i))
+                return jax.tree.map(jnp.add, carry, (g, m)), None
+
+            zeros = jax.eval_shape(lambda: grad_fn(state["params"], jax.tree.map(lambda x: x[0], micro_batches), rng))
+            init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (zeros[1], zeros[0][1]))
+            (grads, metrics), _ = jax.lax.scan(body, init, (micro_batches, jnp.arange(accum_steps)))
+            grads, metrics = jax.tree.map(lambda x: x / accum_steps, (grads, metrics))
+
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        metrics = {f"train/{k}": v for k, v in metrics.items()}
+        metrics["train/grad_norm"] = optax.global_norm(grads)
+        metrics["train/lr"] = schedule(state["step"])
+        new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1, "rng": state["rng"]}
+        return new_state, metrics
+
+
+def eval_step(params, batch, *, graphdef, task, rules):
+    with logical_rules(rules):
+        return task.eval_sums(nnx.merge(graphdef, params), batch)
+
+
+# --------------------------------------------------------------------------
+# Setup
+# --------------------------------------------------------------------------
+
+def setup(config, devices=None) -> Setup:
+    """Checks the config and derives mesh, task, shapes and shardings; compiles nothing."""
+    mesh = make_mesh(config.mesh.shape, devices)
+    validate_config(config, mesh)
+    rules = rules_from_config(config.mesh.rules, mesh)
+    task = get_task(config.task)(config, jax.process_index(), jax.process_count())
+
+    abstract_model = nnx.eval_shape(lambda: task.build_model(nnx.Rngs(int(config.seed))))
+    graphdef, abstract_vars = nnx.split(abstract_model)
+    abstract_params = nnx.to_pure_dict(abstract_vars)
+    try:
+        param_shardings = tree_shardings(logical_axes_of(abstract_vars), abstract_params, mesh, rules)
+    except ValueError as e:
+        raise MeshError(f"mesh.rules={config.mesh.rules!r}: {e}") from None
+
+    tx, schedule = make_optimizer(config.optim, int(config.train.num_steps))
+    replicated = NamedSharding(mesh, P())
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    # Optimizer moments shard like their parameters; counters are replicated.
+    opt_shardings = optax.tree_map_params(
+        tx, lambda _, s: s, abstract_opt, param_shardings, transform_non_params=lambda _: replicated,
+    )
+    state_shardings = {"params": param_shardings, "opt_state": opt_shardings, "step": replicated, "rng": replicated}
+    batch_shardings = {k: NamedSharding(mesh, logical_to_spec(v, rules)) for k, v in task.batch_axes().items()}
+    return Setup(config, mesh, rules, task, graphdef, abstract_params, param_shardings, state_shardings,
+                 batch_shardings, tx, schedule)
+
+
+def abstract_state(s: Setup) -> dict:
+    shapes = {
+        "params": s.abstract_params,
+        "opt_state": jax.eval_shape(s.tx.init, s.abstract_params),
+        "step": jax.ShapeDtypeStruct((), jnp.int32),
+        "rng": jax.ShapeDtypeStruct((2,), jnp.uint32),
+    }
+    return jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), shapes, s.state_shardings)
+
+
+def init_state(s: Setup) -> dict:
+    seed = int(s.config.seed)
+
+    def init():
+        params = nnx.to_pure_dict(nnx.state(s.task.build_model(nnx.Rngs(seed))))
+        rng = jax.random.key_data(jax.random.fold_in(jax.random.key(seed), 1))
+        return {"params": params, "opt_state": s.tx.init(params), "step": jnp.zeros((), jnp.int32), "rng": rng}
+
+    with jax.set_mesh(s.mesh), logical_rules(s.rules):
+        return jax.jit(init, out_shardings=s.state_shardings)()
+
+
+def to_global(batch: dict, shardings: dict) -> dict:
+    """Assembles the global batch from this process's rows."""
+    return {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(v)) for k, v in batch.items()}
+
+
+# --------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------
+
+def evaluate(s: Setup, eval_fn, params) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for batch in s.task.eval_batches():
+        sums = eval_fn(params, to_global(batch, s.batch_shardings))
+        for k, v in jax.device_get(sums).items():
+            totals[k] = totals.get(k, 0.0) + float(v)
+    return s.task.eval_metrics(totals)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict[str, Any]:
+    """Trains (resuming from `workdir` if it holds a checkpoint) and returns a run summary."""
+    s = setup(config, devices)
+    cfg = s.config
+    is_main = jax.process_index() == 0
+    ckpt = Checkpointer(workdir, keep=int(cfg.train.keep_checkpoints), async_save=bool(cfg.train.async_checkpointing))
+    cfg_dict = config_to_dict(cfg)
+    start = ckpt.latest_step()
+    if start is not None:
+        check_compatible(ckpt.read_meta(start)["config"], cfg_dict, workdir)
+
+    seq_len = int(cfg.data.seq_len)
+    summary: dict[str, Any] = {
+        "params": param_count(cfg.model, s.task.flops_head),
+        "flops_per_token": train_flops_per_token(cfg.model, seq_len, s.task.flops_head),
+        "tokens_per_step": s.task.tokens_per_step,
+    }
+    if is_main:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+            json.dump(cfg_dict, f, indent=2, sort_keys=True)
+        log.info("model: %s parameters, %.3g training FLOPs/token; mesh %s, rules %s",
+                 f"{summary['params']:,}", summary["flops_per_token"], dict(s.mesh.shape), cfg.mesh.rules)
+
+    with jax.set_mesh(s.mesh):
+        if start is None:
+            state = init_state(s)
+            start = 0
+        else:
+            state = ckpt.restore(start, abstract_state(s))
+            log.info("resumed from %s at step %d", ckpt.directory, start)
+
+        step_fn = jax.jit(
+            functools.partial(train_step, graphdef=s.graphdef, task=s.task, tx=s.tx, schedule=s.schedule,
+                              accum_steps=int(cfg.optim.accum_steps), rules=s.rules),
+            in_shardings=(s.state_shardings, {k: s.batch_shardings[k] for k in s.task.train_batch(start)}),
+            out_shardings=(s.state_shardings, None),
+            donate_argnums=0,
+        )
+        eval_fn = jax.jit(
+            functools.partial(eval_step, graphdef=s.graphdef, task=s.task, rules=s.rules),
+            in_shardings=(s.param_shardings, s.batch_shardings),
+        )
+        writer = MetricWriter(workdir, enabled=is_main, tensorboard=bool(cfg.train.tensorboard))
+        num_steps = int(cfg.train.num_steps)
+        progress = Progress(num_steps, start, enabled=is_main and progress_enabled())
+        curve: list[dict] = []
+        best: dict[str, float] = {}
+        last_eval: dict[str, float] = {}
+        t_start = time.perf_counter()
+        t_mark, step_mark = t_start, start
+        progress_at = start
+
+        def run_eval(step: int) -> None:
+            nonlocal last_eval
+            metrics = {f"eval/{k}": v for k, v in evaluate(s, eval_fn, state["params"]).items()}
+            extras = s.task.eval_extras(nnx.merge(s.graphdef, state["params"]), step) if is_main else {}
+            writer.write(step, {**metrics, **{f"eval/{k}": v for k, v in extras.items()}})
+            curve.append({"step": step, **metrics})
+            for k, v in metrics.items():
+                best[k] = min(best.get(k, v), v) if not k.endswith("accuracy") else max(best.get(k, v), v)
+            last_eval = metrics
+            if is_main:
+                log.info("step %d: %s", step, " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+                if "sample" in extras:
+                    log.info("sample: %r", extras["sample"])
+
+        def meta(step: int) -> dict:
+            return {"config": cfg_dict, "step": step, "data": {"seed": int(cfg.seed), "next_step": step}}
+
+        for step in range(start, num_steps):
+            batch = to_global(s.task.train_batch(step), s.batch_shardings)
+            state, metrics = step_fn(state, batch)
+            done = step + 1
+            if done % cfg.train.log_every == 0 or done == num_steps:
+                metrics = jax.device_get(metrics)
+                now = time.perf_counter()
+                tps = (done - step_mark) * s.task.tokens_per_step / max(now - t_mark, 1e-9)
+                t_mark, step_mark = now, done
+                writer.write(done, {**metrics, "train/tokens_per_s": tps})
+                progress.update(done - progress_at, loss=f"{float(metrics['train/loss']):.3f}", tok_s=f"{tps:,.0f}")
+                progress_at = done
+                if not np.isfinite(metrics["train/loss"]):
+                    log.warning("non-finite loss at step %d", done)
+            if done % cfg.train.eval_every == 0 or done == num_steps:
+                run_eval(done)
+            if done % cfg.train.checkpoint_every == 0 or done == num_steps:
+                ckpt.save(done, state, meta(done))
+        if start >= num_steps and not last_eval:
+            run_eval(start)
+        progress.close()
+        ckpt.wait()
+        ckpt.close()
+        writer.close()
+
+    summary.update({
+        "steps": num_steps,
+        "tokens": num_steps * s.task.tokens_per_step,
+        "train_flops": summary["flops_per_token"] * num_steps * s.task.tokens_per_step,
+        "wall_time_s": time.perf_counter() - t_start,
+        "final": last_eval,
+        "best": best,
+        "curve": curve,
+    })
+    return summary
+
+
+# --------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------
+
+def main(argv=None) -> int:
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    flags_ = flags.FLAGS
+    config_flags.DEFINE_config_file("config", None, "Experiment config file, optionally with :arg.")
+    flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and TensorBoard files go.")
+    flags.mark_flags_as_required(["config", "workdir"])
+
+    def run(_):
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+        for noisy in ("absl", "orbax", "jax"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        try:
+            summary = train_and_evaluate(flags_.config, flags_.workdir)
+        except INPUT_ERRORS as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        final = " ".join(f"{k}={v:.4f}" for k, v in summary["final"].items())
+        print(f"done: {summary['steps']} steps in {summary['wall_time_s']:.1f}s; {final}")
+
+    app.run(run, argv=argv)
+    return 0
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Pieces of the generic train loop: optimizer, checkpoints, metric writers."""
