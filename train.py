@@ -133,7 +133,7 @@ def train_step(state: dict, batch: dict, *, graphdef, task, tx, schedule, accum_
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         metrics = {f"train/{k}": v for k, v in metrics.items()}
-        metrics["train/grad_norm"] = optax.global_norm(grads)
+        metrics["train/grad_norm"] = optax.tree.norm(grads)
         metrics["train/lr"] = schedule(state["step"])
         new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1, "rng": state["rng"]}
         return new_state, metrics
@@ -198,6 +198,24 @@ def init_state(s: Setup) -> dict:
         return jax.jit(init, out_shardings=s.state_shardings)()
 
 
+def jit_train_step(s: Setup, example_batch: dict):
+    """`train_step` jitted once: explicit in/out shardings, state donated."""
+    return jax.jit(
+        functools.partial(train_step, graphdef=s.graphdef, task=s.task, tx=s.tx, schedule=s.schedule,
+                          accum_steps=int(s.config.optim.accum_steps), rules=s.rules),
+        in_shardings=(s.state_shardings, {k: s.batch_shardings[k] for k in example_batch}),
+        out_shardings=(s.state_shardings, None),
+        donate_argnums=0,
+    )
+
+
+def jit_eval_step(s: Setup):
+    return jax.jit(
+        functools.partial(eval_step, graphdef=s.graphdef, task=s.task, rules=s.rules),
+        in_shardings=(s.param_shardings, s.batch_shardings),
+    )
+
+
 def to_global(batch: dict, shardings: dict) -> dict:
     """Assembles the global batch from this process's rows."""
     return {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(v)) for k, v in batch.items()}
@@ -248,20 +266,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
             state = ckpt.restore(start, abstract_state(s))
             log.info("resumed from %s at step %d", ckpt.directory, start)
 
-        step_fn = jax.jit(
-            functools.partial(train_step, graphdef=s.graphdef, task=s.task, tx=s.tx, schedule=s.schedule,
-                              accum_steps=int(cfg.optim.accum_steps), rules=s.rules),
-            in_shardings=(s.state_shardings, {k: s.batch_shardings[k] for k in s.task.train_batch(start)}),
-            out_shardings=(s.state_shardings, None),
-            donate_argnums=0,
-        )
-        eval_fn = jax.jit(
-            functools.partial(eval_step, graphdef=s.graphdef, task=s.task, rules=s.rules),
-            in_shardings=(s.param_shardings, s.batch_shardings),
-        )
+        step_fn = jit_train_step(s, s.task.train_batch(start))
+        eval_fn = jit_eval_step(s)
         writer = MetricWriter(workdir, enabled=is_main, tensorboard=bool(cfg.train.tensorboard))
-        num_steps = int(cfg.train.num_steps)
-        progress = Progress(num_steps, start, enabled=is_main and progress_enabled())
+        # `train.stop_at` ends this launch early without changing the run (its schedule
+        # still spans num_steps): for time-sliced jobs and the exact-resume test.
+        stop_at = min(int(cfg.train.get("stop_at") or cfg.train.num_steps), int(cfg.train.num_steps))
+        progress = Progress(stop_at, start, enabled=is_main and progress_enabled())
         curve: list[dict] = []
         best: dict[str, float] = {}
         last_eval: dict[str, float] = {}
@@ -286,11 +297,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
         def meta(step: int) -> dict:
             return {"config": cfg_dict, "step": step, "data": {"seed": int(cfg.seed), "next_step": step}}
 
-        for step in range(start, num_steps):
+        for step in range(start, stop_at):
             batch = to_global(s.task.train_batch(step), s.batch_shardings)
             state, metrics = step_fn(state, batch)
             done = step + 1
-            if done % cfg.train.log_every == 0 or done == num_steps:
+            if done % cfg.train.log_every == 0 or done == stop_at:
                 metrics = jax.device_get(metrics)
                 now = time.perf_counter()
                 tps = (done - step_mark) * s.task.tokens_per_step / max(now - t_mark, 1e-9)
@@ -300,11 +311,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
                 progress_at = done
                 if not np.isfinite(metrics["train/loss"]):
                     log.warning("non-finite loss at step %d", done)
-            if done % cfg.train.eval_every == 0 or done == num_steps:
+            if done % cfg.train.eval_every == 0 or done == stop_at:
                 run_eval(done)
-            if done % cfg.train.checkpoint_every == 0 or done == num_steps:
+            if done % cfg.train.checkpoint_every == 0 or done == stop_at:
                 ckpt.save(done, state, meta(done))
-        if start >= num_steps and not last_eval:
+        if start >= stop_at and not last_eval:
             run_eval(start)
         progress.close()
         ckpt.wait()
@@ -312,9 +323,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
         writer.close()
 
     summary.update({
-        "steps": num_steps,
-        "tokens": num_steps * s.task.tokens_per_step,
-        "train_flops": summary["flops_per_token"] * num_steps * s.task.tokens_per_step,
+        "steps": max(start, stop_at),
+        "tokens": max(start, stop_at) * s.task.tokens_per_step,
+        "train_flops": summary["flops_per_token"] * max(start, stop_at) * s.task.tokens_per_step,
         "wall_time_s": time.perf_counter() - t_start,
         "final": last_eval,
         "best": best,

@@ -43,6 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
     ))
     c.train = ml_collections.ConfigDict(dict(
         num_steps=1000, log_every=50, eval_every=250, checkpoint_every=250, keep_checkpoints=2,
+        stop_at=0,           # >0: end this launch at that step (the schedule still spans num_steps)
         async_checkpointing=True, tensorboard=True,
     ))
     c.sample = ml_collections.ConfigDict(dict(prompt="The ", num_tokens=64, temperature=0.8, top_k=0))

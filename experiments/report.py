@@ -5,7 +5,7 @@
 
 writes ``results/<name>/report.md``, ``metric_vs_compute.png`` and ``curves.png``.
 
-Choices made where the brief left room (also stated in the report itself):
+Design choices (the ones that affect numbers are also stated in the report):
 - Lower metric is better (loss, bpb), consistent with ``best`` being a minimum.
 - A point with a single usable seed is listed with n=1 and no CI; its comparison
   is "not enough seeds". A *baseline* with < 2 seeds is an error (exit 2) when
@@ -59,7 +59,8 @@ def _budget(rec) -> tuple[str | None, float | None]:
     b = rec.get("budget")
     if not isinstance(b, dict):
         return None, None
-    return b.get("mode"), b.get("value")
+    v = _num(b.get("value"))
+    return b.get("mode"), (v if math.isfinite(v) else None)
 
 
 def _num(v) -> float:
@@ -204,6 +205,9 @@ def analyze(records: list[dict], baseline: str | None = None, metric: str = "eva
     if fit_note and not fit_note.startswith("Fitted"):
         limitations.append(fit_note)
     if fit is not None:
+        if fit["n_compute"] == 3:
+            limitations.append("The power law has 3 parameters and the points span only 3 compute values: "
+                               "the fit interpolates the means, so a, b and c are weakly determined.")
         if fit["b_at_bound"]:
             limitations.append(f"The fitted exponent b = {fit['b']:.3g} sits on its bound [0, 10]; "
                                f"the data do not support a decreasing power law.")
@@ -258,6 +262,7 @@ def _fit(points, metric, n_boot, confidence):
         fit = stats.fit_power_law(xs, ys, n_boot=n_boot, seed=0, confidence=confidence)
     except (RuntimeError, ValueError) as e:
         return None, f"Power-law fit failed: {' '.join(str(e).split())}"
+    fit["n_compute"] = k
     return fit, (f"Fitted {metric} = a·C^(-b) + c over {xs.size} runs at {k} compute values: "
                  f"a = {fit['a']:.4g}, b = {fit['b']:.4f} ({confidence:.0%} bootstrap CI "
                  f"[{fit['b_ci_low']:.4f}, {fit['b_ci_high']:.4f}], {fit['n_boot_ok']}/{fit['n_boot']} refits), "
@@ -285,10 +290,10 @@ def _p(v) -> str:
 
 
 def _pm(mean: float, half: float) -> tuple[str, str]:
-    """Format a value and its CI half-width with the half-width to 2 significant digits."""
+    """Format a value and its CI half-width: half-width to 2 significant digits, at least 2 decimals."""
     if not math.isfinite(half) or half <= 0:
         return f"{mean:.4f}", f"{half:.2g}" if math.isfinite(half) else "n/a"
-    dec = max(0, 1 - math.floor(math.log10(half)))
+    dec = max(2, 1 - math.floor(math.log10(half)))
     return f"{mean:.{dec}f}", f"{half:.{dec}f}"
 
 
@@ -305,10 +310,12 @@ def _plain_line(c: dict, corr: str, unit: str) -> str:
     test = f"paired t on {n} common seeds" if c["paired"] else f"Welch t on {n} seeds"
     if c["paired"]:
         test += f", Wilcoxon p = {_p(c['p_wilcoxon'])}"
-    tail = f"(p_{corr} = {_p(c['p_adj'])}, {c['d_kind']} = {c['d']:.2f}; {test})"
     if math.isfinite(c["p_adj"]) and c["p_adj"] < ALPHA and c["diff"] != 0:
+        # The verb carries the direction, so the sentence gives magnitudes.
         verb = "beats" if c["diff"] < 0 else "is worse than"
+        tail = f"(p_{corr} = {_p(c['p_adj'])}, {c['d_kind']} = {abs(c['d']):.2f}; {test})"
         return f"{c['point']} {verb} {c['baseline']} by {diff_s} ± {half_s} {unit} {c['matched']} {tail}"
+    tail = f"(p_{corr} = {_p(c['p_adj'])}, {c['d_kind']} = {c['d']:.2f}; {test})"
     sdiff, _ = _pm(c["diff"], half)
     sdiff = sdiff if sdiff.startswith("-") else "+" + sdiff
     return (f"{c['point']} does not differ significantly from {c['baseline']}: {sdiff} ± {half_s} {unit} "
@@ -335,7 +342,9 @@ def render_markdown(an: dict, title: str = "", load_errors=()) -> str:
         f"p-values corrected across {sum(c['status'] == 'ok' for c in an['comparisons'])} comparisons with "
         f"{_CORRECTION_NAMES[corr]}. Significance at corrected p < {ALPHA}.",
         "- Cohen's d: pooled-SD d for Welch comparisons; d_z = mean(diff)/sd(diff) for paired ones "
-        "(Cohen 1988), which is larger than d when seeds are correlated.",
+        "(Cohen 1988), which is larger than d when seeds are correlated. The Wilcoxon signed-rank p "
+        "(paired only, uncorrected) is a distribution-free check; with n pairs it cannot go below 2^(1-n) "
+        "(0.0625 for 5 seeds).",
         "",
         "## Results",
         "",
@@ -464,10 +473,11 @@ def _save(draw, path: Path) -> None:
 # --------------------------------------------------------------------------- entry points
 
 def write_report(results_dir, baseline: str | None = None, metric: str = "eval/bpb",
-                 correction: str = "holm", use: str = "final") -> Path:
+                 correction: str = "holm", use: str = "final", n_boot: int = 1000) -> Path:
     """Write report.md, metric_vs_compute.png and curves.png into ``results_dir``; return report.md's path.
 
-    Deterministic for the same input (bootstrap seeds are fixed).
+    ``n_boot`` is the number of bootstrap refits for the CI on the power-law
+    exponent. Deterministic for the same input (bootstrap seeds are fixed).
     """
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
@@ -479,7 +489,7 @@ def write_report(results_dir, baseline: str | None = None, metric: str = "eval/b
     if errors:
         warnings.warn(f"{results_dir / 'results.jsonl'}: skipped {len(errors)} malformed line(s) at "
                       f"line(s) {[n for n, _ in errors]}", UserWarning, stacklevel=2)
-    an = analyze(records, baseline=baseline, metric=metric, correction=correction, use=use)
+    an = analyze(records, baseline=baseline, metric=metric, correction=correction, use=use, n_boot=n_boot)
     md = render_markdown(an, title=", ".join(an["studies"]) or results_dir.name, load_errors=errors)
     _save(lambda ax: plot_metric_vs_compute(ax, an), results_dir / "metric_vs_compute.png")
     _save(lambda ax: plot_curves(ax, records, metric), results_dir / "curves.png")
@@ -488,8 +498,14 @@ def write_report(results_dir, baseline: str | None = None, metric: str = "eval/b
     return out
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # One line on stderr, like every other input error of this command.
+        self.exit(2, f"error: {' '.join(message.split())}\n")
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m experiments.report",
+    ap = _Parser(prog="python -m experiments.report",
                                  description="Write report.md and plots for a study's results.jsonl.")
     ap.add_argument("results_dir", help="directory containing results.jsonl")
     ap.add_argument("--baseline", default=None, help="point to compare against (default: first in file)")

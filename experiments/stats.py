@@ -8,6 +8,8 @@ its point bootstrap) is written here.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import math
 import warnings
 
@@ -22,6 +24,10 @@ __all__ = [
     "fit_power_law",
     "steps_for_budget",
 ]
+
+
+# scipy >= 1.15 takes `rng`; older releases (setup.py allows 1.14) only `random_state`.
+_BOOT_RNG_KW = "rng" if "rng" in inspect.signature(stats.bootstrap).parameters else "random_state"
 
 
 def _as_1d(values, name: str) -> np.ndarray:
@@ -63,7 +69,7 @@ def summarize(values, confidence: float = 0.95, bootstrap: bool = False,
             lo = hi = mean  # every resample has the same mean
         else:
             res = stats.bootstrap((x,), np.mean, n_resamples=n_boot, confidence_level=confidence,
-                                  method="percentile", rng=np.random.default_rng(seed))
+                                  method="percentile", **{_BOOT_RNG_KW: np.random.default_rng(seed)})
             lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
         method = "percentile bootstrap"
     else:
@@ -104,8 +110,9 @@ def compare(a, b, paired: bool, confidence: float = 0.95) -> dict:
       - Cohen's d = (mean_a - mean_b) / s_pooled with
         s_pooled = sqrt(((n_a-1)s_a² + (n_b-1)s_b²) / (n_a+n_b-2)) (Cohen 1988).
 
-    When the relevant SD is exactly zero the t statistic is ±inf (p = 0) for a
-    non-zero difference and undefined (p = NaN) for a zero one; d follows.
+    When the relevant SD is zero (up to float rounding) the t statistic is ±inf
+    (p = 0, CI collapsed onto the difference) for a non-zero difference and
+    undefined (p = NaN) for a zero one; d follows (±inf or NaN).
 
     Returns dict(diff, ci_low, ci_high, p, p_wilcoxon, t, df, d, d_kind, test,
     n_a, n_b, paired, confidence).
@@ -122,10 +129,12 @@ def compare(a, b, paired: bool, confidence: float = 0.95) -> dict:
         diff = float(np.mean(d))
         sd = float(np.std(d, ddof=1))
         df = x.size - 1
-        if np.ptp(d) == 0.0:  # scipy warns about catastrophic cancellation here
+        if _constant(d):
             t, p, lo, hi = _degenerate(diff)
+            sd = 0.0
         else:
-            res = stats.ttest_rel(x, y)
+            with _quiet_precision():
+                res = stats.ttest_rel(x, y)
             ci = res.confidence_interval(confidence_level=confidence)
             t, p, lo, hi = float(res.statistic), float(res.pvalue), float(ci.low), float(ci.high)
         out.update(diff=diff, ci_low=lo, ci_high=hi, p=p, p_wilcoxon=_wilcoxon_p(d), t=t, df=float(df),
@@ -135,17 +144,34 @@ def compare(a, b, paired: bool, confidence: float = 0.95) -> dict:
         va, vb = np.var(x, ddof=1), np.var(y, ddof=1)
         na, nb = x.size, y.size
         s_pooled = float(np.sqrt(((na - 1) * va + (nb - 1) * vb) / (na + nb - 2)))
-        if va == 0.0 and vb == 0.0:
+        if _constant(x) and _constant(y):
             t, p, lo, hi = _degenerate(diff)
             df = float(na + nb - 2)
+            s_pooled = 0.0
         else:
-            res = stats.ttest_ind(x, y, equal_var=False)
+            with _quiet_precision():
+                res = stats.ttest_ind(x, y, equal_var=False)
             ci = res.confidence_interval(confidence_level=confidence)
             t, p, lo, hi = float(res.statistic), float(res.pvalue), float(ci.low), float(ci.high)
             df = float(res.df)
         out.update(diff=diff, ci_low=lo, ci_high=hi, p=p, p_wilcoxon=float("nan"), t=t, df=df,
                    d=_ratio(diff, s_pooled), d_kind="d", test="welch t")
     return out
+
+
+def _constant(v: np.ndarray) -> bool:
+    """True when v is constant up to float rounding (scipy's own cancellation criterion)."""
+    m = float(np.mean(v))
+    return float(np.max(np.abs(v - m))) <= 4 * np.finfo(float).eps * abs(m)
+
+
+@contextlib.contextmanager
+def _quiet_precision():
+    # scipy warns "Precision loss ... catastrophic cancellation" when one sample is
+    # (nearly) constant; a run-to-run SD of ~0 is legitimate data here, not an error.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Precision loss occurred", category=RuntimeWarning)
+        yield
 
 
 def _degenerate(diff: float):
@@ -202,6 +228,12 @@ def _model(lx, log_amp, b, c):
     return np.exp(log_amp - b * lx) + c
 
 
+def _model_jac(lx, log_amp, b, c):
+    # Analytic Jacobian: the bootstrap runs ~1000 refits, finite differences triple their cost.
+    e = np.exp(log_amp - b * lx)
+    return np.stack([e, -lx * e, np.ones_like(lx)], axis=1)
+
+
 _B_MAX = 10.0
 
 
@@ -232,7 +264,7 @@ def _fit(lx, y, p0):
         warnings.simplefilter("ignore", optimize.OptimizeWarning)
         with np.errstate(over="ignore", invalid="ignore"):
             popt, _ = optimize.curve_fit(_model, lx, y, p0=p0,
-                                         bounds=([-np.inf, 0.0, 0.0], [np.inf, _B_MAX, np.inf]),
+                                         bounds=([-np.inf, 0.0, 0.0], [np.inf, _B_MAX, np.inf]), jac=_model_jac,
                                          x_scale="jac", max_nfev=2000)
     if not np.all(np.isfinite(popt)):
         raise RuntimeError("power-law fit produced non-finite parameters")

@@ -120,8 +120,11 @@ def test_load_missing_file(tmp_path):
 
 # ----------------------------------------------------------------- report.py
 
+POINTS4 = POINTS + [("d_model=512", 512)]
+
+
 def test_write_report_table_lines_and_plots(tmp_path):
-    recs = _write_study(tmp_path)
+    recs = _write_study(tmp_path, points=POINTS4)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no deprecation or runtime warnings on clean input
         out = report.write_report(tmp_path)
@@ -132,9 +135,9 @@ def test_write_report_table_lines_and_plots(tmp_path):
     assert "Budget mode: **tokens**" in md
     assert ("| point | params | train FLOPs | n | mean ± CI | diff vs baseline ± CI | p (raw) | p (corrected) "
             "| Cohen's d |") in md
-    rows = {name: next(l for l in md.splitlines() if l.startswith(f"| `{name}`")) for name, _ in POINTS}
+    rows = {name: next(l for l in md.splitlines() if l.startswith(f"| `{name}`")) for name, _ in POINTS4}
     assert "(baseline)" in rows["d_model=64"] and "| baseline |" in rows["d_model=64"]
-    for name, d in POINTS:
+    for name, d in POINTS4:
         cells = [c.strip() for c in rows[name].strip("|").split("|")]
         assert cells[1] == report._si(24 * d ** 2)
         assert cells[3] == "5"
@@ -144,11 +147,15 @@ def test_write_report_table_lines_and_plots(tmp_path):
         assert float(half_s) == pytest.approx((s["ci_high"] - s["ci_low"]) / 2, rel=0.05)
 
     base = _vals(recs, "d_model=64")
-    raw = [stats.compare(_vals(recs, n), base, paired=True) for n in ("d_model=128", "d_model=256")]
+    others = ("d_model=128", "d_model=256", "d_model=512")
+    raw = [stats.compare(_vals(recs, n), base, paired=True) for n in others]
     holm = stats.correct_pvalues([r["p"] for r in raw], "holm")
+    # the data must tell Holm from BH (and from no correction) for the p checks below to mean anything
+    assert not np.allclose(holm, stats.correct_pvalues([r["p"] for r in raw], "bh"), rtol=0.1, atol=0)
+    assert not np.allclose(holm, [r["p"] for r in raw], rtol=0.1, atol=0)
     comp = _section(md, "Comparisons").strip().splitlines()
-    assert len(comp) == 2
-    for line, r, q, name in zip(comp, raw, holm, ("d_model=128", "d_model=256")):
+    assert len(comp) == 3
+    for line, r, q, name in zip(comp, raw, holm, others):
         assert line.startswith(f"- {name} beats d_model=64 by ")
         assert "at matched tokens" in line and "paired t on 5 common seeds" in line
         diff, half, corr, p, dkind, d = _plain_numbers(line)
@@ -156,18 +163,21 @@ def test_write_report_table_lines_and_plots(tmp_path):
         assert diff == pytest.approx(-r["diff"], rel=0.02)
         assert half == pytest.approx((r["ci_high"] - r["ci_low"]) / 2, rel=0.05)
         assert p == pytest.approx(q, rel=0.05)
-        assert d == pytest.approx(r["d"], abs=0.01)
+        assert d == pytest.approx(abs(r["d"]), abs=0.01)  # sentence gives magnitudes
         # table agrees with the line
         cells = [c.strip() for c in rows[name].strip("|").split("|")]
         assert float(cells[5].split(" ± ")[0]) == pytest.approx(r["diff"], rel=0.02)
         assert float(cells[6]) == pytest.approx(r["p"], rel=0.05)
         assert float(cells[7]) == pytest.approx(q, rel=0.05)
 
-    # 3 compute values at matched tokens -> a fit is reported with b and its CI
+    # 4 compute values at matched tokens -> a fit is reported with b and its CI
     fit = _section(md, "Scaling fit")
-    assert re.search(r"b = [\d.]+ \(95% bootstrap CI \[[\d.]+, [\d.]+\]", fit), fit
+    m = re.search(r"b = ([\d.]+) \(95% bootstrap CI \[([\d.]+), ([\d.]+)\]", fit)
+    assert m, fit
+    assert float(m[2]) <= 0.3 <= float(m[3])  # the generating exponent
     lim = _section(md, "Limitations")
     assert "Fewer than 5 seeds" not in lim
+    assert "span only 3 compute values" not in lim
     for png in ("metric_vs_compute.png", "curves.png"):
         data = (tmp_path / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
@@ -175,9 +185,9 @@ def test_write_report_table_lines_and_plots(tmp_path):
 
 def test_report_is_deterministic(tmp_path):
     _write_study(tmp_path)
-    a = report.write_report(tmp_path).read_text()
+    a = report.write_report(tmp_path, n_boot=100).read_text()
     png_a = (tmp_path / "metric_vs_compute.png").read_bytes()
-    b = report.write_report(tmp_path).read_text()
+    b = report.write_report(tmp_path, n_boot=100).read_text()
     assert a == b
     assert png_a == (tmp_path / "metric_vs_compute.png").read_bytes()
 
@@ -190,7 +200,7 @@ def test_few_seeds_overlap_and_single_seed(tmp_path):
                       _record("same", 64, s, 2.0 + SEED_EFFECT[s] + rng.normal(0, 0.003)))
         append_result(tmp_path / "results.jsonl", _record("big", 256, s, 1.7 + SEED_EFFECT[s]))
     append_result(tmp_path / "results.jsonl", _record("lonely", 128, 0, 1.9))
-    md = report.write_report(tmp_path).read_text()
+    md = report.write_report(tmp_path, n_boot=100).read_text()
     lim = _section(md, "Limitations")
     assert "Fewer than 5 seeds: `base` (n=3), `same` (n=3), `big` (n=3), `lonely` (n=1)" in lim
     assert "The 95% CIs of `same`" in lim and "`base`" in lim
@@ -206,27 +216,27 @@ def test_few_seeds_overlap_and_single_seed(tmp_path):
 
 def test_welch_when_data_order_independent(tmp_path):
     recs = _write_study(tmp_path, data_order="independent")
-    md = report.write_report(tmp_path, correction="bh").read_text()
+    md = report.write_report(tmp_path, n_boot=100, correction="bh").read_text()
     r = stats.compare(_vals(recs, "d_model=256"), _vals(recs, "d_model=64"), paired=False)
     line = next(l for l in md.splitlines() if l.startswith("- d_model=256"))
     assert "Welch t on 5+5 seeds" in line
     diff, half, corr, p, dkind, d = _plain_numbers(line)
     assert corr == "bh" and dkind == "d"
-    assert d == pytest.approx(r["d"], abs=0.01)
+    assert d == pytest.approx(abs(r["d"]), abs=0.01)
     assert half == pytest.approx((r["ci_high"] - r["ci_low"]) / 2, rel=0.05)
 
 
 def test_pairs_on_common_seeds(tmp_path):
     _write_study(tmp_path, points=POINTS[:1], seeds=range(5))
     _write_study(tmp_path, points=POINTS[1:2], seeds=[0, 1, 2, 3, 5])
-    md = report.write_report(tmp_path).read_text()
+    md = report.write_report(tmp_path, n_boot=100).read_text()
     assert "paired t on 4 common seeds" in md
     assert "paired on common seeds [0, 1, 2, 3]; unmatched seeds dropped (`d_model=128`: [5], `d_model=64`: [4])" in md
 
 
 def test_use_best_and_metric(tmp_path):
     recs = _write_study(tmp_path)
-    md = report.write_report(tmp_path, use="best", metric="eval/loss").read_text()
+    md = report.write_report(tmp_path, n_boot=100, use="best", metric="eval/loss").read_text()
     row = next(l for l in md.splitlines() if l.startswith("| `d_model=128`"))
     mean = float(row.split("|")[5].split(" ± ")[0])
     assert mean == pytest.approx(_vals(recs, "d_model=128", "best", "eval/loss").mean(), abs=1e-3)
@@ -236,7 +246,7 @@ def test_use_best_and_metric(tmp_path):
 
 def test_matched_flops_skips_fit(tmp_path):
     _write_study(tmp_path, mode="flops", budget=1e13)
-    md = report.write_report(tmp_path).read_text()
+    md = report.write_report(tmp_path, n_boot=100).read_text()
     assert "at matched FLOPs" in md
     assert "Power-law fit skipped: 1 distinct compute value(s)" in md
     assert (tmp_path / "metric_vs_compute.png").stat().st_size > 0
@@ -248,7 +258,7 @@ def test_fit_failure_is_reported_not_raised(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("Optimal parameters not found: maxfev reached")
     monkeypatch.setattr(report.stats, "fit_power_law", boom)
-    md = report.write_report(tmp_path).read_text()
+    md = report.write_report(tmp_path, n_boot=100).read_text()
     assert "Power-law fit failed: Optimal parameters not found" in md
     assert (tmp_path / "metric_vs_compute.png").stat().st_size > 0
 
@@ -258,14 +268,14 @@ def test_malformed_lines_listed_in_report(tmp_path):
     with open(tmp_path / "results.jsonl", "a") as f:
         f.write('{"point": "d_model=64", "se\n')
     with pytest.warns(UserWarning, match=r"line\(s\) \[16\]"):
-        md = report.write_report(tmp_path).read_text()
+        md = report.write_report(tmp_path, n_boot=100).read_text()
     assert "1 malformed line(s) in results.jsonl were skipped: line 16 (invalid JSON" in md
 
 
 def test_nonfinite_metric_excluded(tmp_path):
     _write_study(tmp_path)
     append_result(tmp_path / "results.jsonl", _record("d_model=256", 256, 5, float("nan")))
-    md = report.write_report(tmp_path).read_text()
+    md = report.write_report(tmp_path, n_boot=100).read_text()
     assert "`d_model=256`: eval/bpb is non-finite for seed(s) [5]" in md
     row = next(l for l in md.splitlines() if l.startswith("| `d_model=256`"))
     assert row.split("|")[4].strip() == "5"
@@ -278,7 +288,7 @@ def test_nonfinite_metric_excluded(tmp_path):
 def test_write_report_errors(tmp_path, kwargs, exc, pattern):
     _write_study(tmp_path)
     with pytest.raises(exc, match=pattern):
-        report.write_report(tmp_path, **kwargs)
+        report.write_report(tmp_path, n_boot=100, **kwargs)
 
 
 def _cli(*args):
@@ -318,6 +328,13 @@ def test_cli_unknown_baseline(tmp_path):
     assert "unknown baseline point 'nope'" in _one_line(res.stderr)
 
 
+def test_main_bad_option_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        report.main([str(tmp_path), "--use", "worst"])
+    assert e.value.code == 2
+    assert "argument --use: invalid choice: 'worst'" in _one_line(capsys.readouterr().err)
+
+
 @pytest.mark.parametrize("setup, args, expect", [
     ("empty_dir", [], "results file not found"),
     ("study", ["--metric", "eval/ppl"], "metric 'eval/ppl' missing"),
@@ -334,9 +351,19 @@ def test_main_errors_exit_2(tmp_path, capsys, setup, args, expect):
     assert expect in line
 
 
+def test_duplicate_seed_keeps_last_record(tmp_path):
+    _write_study(tmp_path, points=POINTS[:2], seeds=range(3))
+    append_result(tmp_path / "results.jsonl", _record("d_model=128", 128, 0, 9.0))
+    md = report.write_report(tmp_path, n_boot=100).read_text()
+    assert "`d_model=128` seed 0 appears 2 times in the file; the last record was used." in md
+    row = next(l for l in md.splitlines() if l.startswith("| `d_model=128`"))
+    assert row.split("|")[4].strip() == "3"
+    assert "- d_model=128 does not differ significantly from d_model=64: +2." in md  # 9.0 pulls the mean up
+
+
 def test_all_single_seed_still_reports(tmp_path):
     _write_study(tmp_path, seeds=[0])
-    md = report.write_report(tmp_path).read_text()
+    md = report.write_report(tmp_path, n_boot=100).read_text()
     assert "not enough seeds" in md
     assert "Fewer than 5 seeds" in md
 

@@ -1,0 +1,40 @@
+"""Installable package for the scaling-study codebase: `pip install -e ".[dev]"`.
+
+Version ranges are the ones this code was tested with (jax 0.10.2, flax
+0.12.8, optax 0.2.8, orbax-checkpoint 0.12.8 on Python 3.11); upper bounds
+keep a fresh install next month on the same minor releases.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="scaling-studies",
+    version="0.1.0",
+    description="JAX/Flax NNX codebase for attention, MoE and CLIP scaling studies",
+    python_requires=">=3.11",
+    packages=find_packages(include=["attention*", "models*", "sharding*", "data*", "tasks*", "trainer*",
+                                    "experiments*", "benchmarks*"]),
+    py_modules=["train"],
+    install_requires=[
+        "jax>=0.10.2,<0.11",
+        "flax>=0.12.8,<0.13",
+        "optax>=0.2.8,<0.3",
+        "orbax-checkpoint>=0.12.8,<0.13",
+        "einops>=0.8,<0.9",
+        "ml-collections>=1.1,<2",
+        "absl-py>=2.1,<3",
+        "numpy>=2.0,<3",
+        "tqdm>=4.66,<5",
+        "tensorboardX>=2.6,<3",
+        "scipy>=1.14,<2",
+        "matplotlib>=3.9,<4",
+    ],
+    extras_require={
+        "dev": [
+            "pytest>=8,<10",
+            "pytest-xdist>=3.6,<4",
+            "nbclient>=0.10,<0.12",
+            "nbformat>=5.10,<6",
+            "ipykernel>=6.29,<8",
+        ],
+    },
+)
