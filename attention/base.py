@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from attention.kv_cache import KVCache
+from attention.linear import linear
 from attention.masks import default_positions
 from attention.rope import apply_rope
 from sharding import axes as ax
@@ -73,12 +74,15 @@ class MultiHeadAttention(nnx.Module):
     ) -> tuple[jax.Array, KVCache | None]:
         B, T, _ = x_BTD.shape
         x_BTD = x_BTD.astype(self.dtype)
+        # Positions left as None tell the core the mask is the same for every row
+        # (a foldable constant); RoPE still needs them.
+        given_positions_BT = positions_BT
         if positions_BT is None:
             start_B = cache.lengths_B if cache is not None else jnp.zeros((B,), jnp.int32)
             positions_BT = start_B[:, None] + default_positions(B, T)
-        q_BTNH = jnp.einsum("BTD,DNH->BTNH", x_BTD, self.wq_DNH[...].astype(self.dtype))
-        k_BTKH = jnp.einsum("BTD,DKH->BTKH", x_BTD, self.wk_DKH[...].astype(self.dtype))
-        v_BTKH = jnp.einsum("BTD,DKH->BTKH", x_BTD, self.wv_DKH[...].astype(self.dtype))
+        q_BTNH = linear(x_BTD, self.wq_DNH[...].astype(self.dtype))  # BTD,DNH->BTNH
+        k_BTKH = linear(x_BTD, self.wk_DKH[...].astype(self.dtype))  # BTD,DKH->BTKH
+        v_BTKH = linear(x_BTD, self.wv_DKH[...].astype(self.dtype))  # BTD,DKH->BTKH
         q_BTNH = constrain(q_BTNH, (ax.BATCH, ax.LENGTH, ax.HEADS, ax.HEAD_DIM))
         if self.use_rope:
             q_BTNH = apply_rope(q_BTNH, positions_BT, self.rope_base)
@@ -87,7 +91,7 @@ class MultiHeadAttention(nnx.Module):
         if cache is None:
             out_BTNH = self.core(
                 q_BTNH, k_BTKH, v_BTKH, causal=self.causal,
-                q_positions_BT=positions_BT, kv_positions_BS=positions_BT,
+                q_positions_BT=given_positions_BT, kv_positions_BS=given_positions_BT,
                 q_segment_ids_BT=segment_ids_BT, kv_segment_ids_BS=segment_ids_BT,
                 kv_lengths_B=kv_lengths_B,
             )
@@ -104,5 +108,5 @@ class MultiHeadAttention(nnx.Module):
                 kv_lengths_B=new_cache.lengths_B,
             )
         out_BTNH = constrain(out_BTNH, (ax.BATCH, ax.LENGTH, ax.HEADS, ax.HEAD_DIM))
-        y_BTD = jnp.einsum("BTNH,NHD->BTD", out_BTNH, self.wo_NHD[...].astype(self.dtype))
+        y_BTD = linear(out_BTNH, self.wo_NHD[...].astype(self.dtype), n_in=2)  # BTNH,NHD->BTD
         return y_BTD, new_cache

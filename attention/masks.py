@@ -29,8 +29,10 @@ def dense_mask_BTS(
     kv_lengths_B: jax.Array | None = None,
     window: tuple[int | None, int | None] | None = None,
 ) -> jax.Array | None:
-    """Boolean [B, T, S] mask (True = attend), or None when nothing is masked.
+    """Boolean mask (True = attend) broadcastable to [B, T, S], or None when nothing is masked.
 
+    The leading axis is 1 when the mask is the same for every row (positions
+    not given, no segment ids or lengths), so XLA can fold it to a constant.
     `window=(left, right)` keeps keys with q_pos - left <= k_pos <= q_pos + right
     (None on a side means unbounded); sliding-window variants use it.
     """
@@ -41,8 +43,8 @@ def dense_mask_BTS(
 
     need_pos = causal or window is not None
     if need_pos:
-        qp = default_positions(batch, q_len) if q_positions_BT is None else q_positions_BT
-        kp = default_positions(batch, kv_len) if kv_positions_BS is None else kv_positions_BS
+        qp = default_positions(1, q_len) if q_positions_BT is None else q_positions_BT
+        kp = default_positions(1, kv_len) if kv_positions_BS is None else kv_positions_BS
         delta_BTS = qp[:, :, None] - kp[:, None, :]  # q_pos - k_pos
         if causal:
             mask = _and(mask, delta_BTS >= 0)
@@ -59,5 +61,5 @@ def dense_mask_BTS(
         mask = _and(mask, same_BTS)
     if kv_lengths_B is not None:
         valid_BS = jnp.arange(kv_len)[None, :] < kv_lengths_B[:, None]
-        mask = _and(mask, jnp.broadcast_to(valid_BS[:, None, :], (batch, q_len, kv_len)))
+        mask = _and(mask, valid_BS[:, None, :])
     return mask

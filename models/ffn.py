@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from attention.base import dtype_of
+from attention.linear import linear
 from sharding import axes as ax
 from sharding.axes import constrain
 
@@ -64,11 +65,11 @@ class MLP(nnx.Module):
 
     def __call__(self, x_BTD: jax.Array) -> tuple[jax.Array, dict]:
         x_BTD = x_BTD.astype(self.dtype)
-        h_BTF = jnp.einsum("BTD,DF->BTF", x_BTD, self.wi_DF[...].astype(self.dtype))
+        h_BTF = linear(x_BTD, self.wi_DF[...].astype(self.dtype))
         if self.activation == "swiglu":
-            g_BTF = jnp.einsum("BTD,DF->BTF", x_BTD, self.wg_DF[...].astype(self.dtype))
+            g_BTF = linear(x_BTD, self.wg_DF[...].astype(self.dtype))
             h_BTF = jax.nn.silu(g_BTF) * h_BTF
         else:
             h_BTF = jax.nn.gelu(h_BTF)
         h_BTF = constrain(h_BTF, (ax.BATCH, ax.LENGTH, ax.MLP))
-        return jnp.einsum("BTF,FD->BTD", h_BTF, self.wo_FD[...].astype(self.dtype)), {}
+        return linear(h_BTF, self.wo_FD[...].astype(self.dtype)), {}

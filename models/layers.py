@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from attention.linear import linear
 from sharding import axes as ax
 
 
@@ -33,4 +34,5 @@ class Embed(nnx.Module):
         return jnp.take(self.table_VD[...], tokens_BT, axis=0).astype(dtype)
 
     def attend(self, x_BTD: jax.Array) -> jax.Array:
-        return jnp.einsum("BTD,VD->BTV", x_BTD, self.table_VD[...].astype(x_BTD.dtype), preferred_element_type=jnp.float32)
+        # BTD,VD->BTV as a 2-D matmul (see attention/linear.py)
+        return linear(x_BTD, self.table_VD[...].astype(x_BTD.dtype).T, preferred_element_type=jnp.float32)

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from attention.base import dtype_of
+from attention.linear import linear
 from models.block import TransformerBlock
 from models.layers import Embed, RMSNorm
 from sharding import axes as ax
@@ -48,9 +49,7 @@ class DecoderLM(nnx.Module):
         if self.tie_embeddings:
             logits_BTV = self.embed.attend(x_BTD)
         else:
-            logits_BTV = jnp.einsum(
-                "BTD,DV->BTV", x_BTD, self.head_DV[...].astype(self.dtype), preferred_element_type=jnp.float32
-            )
+            logits_BTV = linear(x_BTD, self.head_DV[...].astype(self.dtype), preferred_element_type=jnp.float32)
         logits_BTV = constrain(logits_BTV, (ax.BATCH, ax.LENGTH, ax.VOCAB))
         return logits_BTV, (new_caches if caches is not None else None), aux
 
