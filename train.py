@@ -331,6 +331,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
         "best": best,
         "curve": curve,
     })
+    if is_main:
+        # Written last: its presence marks a finished launch (studies collect it).
+        tmp = os.path.join(workdir, "summary.json.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=1)
+        os.replace(tmp, os.path.join(workdir, "summary.json"))
     return summary
 
 
