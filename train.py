@@ -28,6 +28,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from attention.context import ForwardContext
 from data.errors import DataError
 from models.config import ConfigError, validate_model_config
 from models.flops import param_count, train_flops_per_token
@@ -111,7 +112,8 @@ def train_step(state: dict, batch: dict, *, graphdef, task, tx, schedule, accum_
         rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
 
         def loss_fn(params, micro, r):
-            return task.loss(nnx.merge(graphdef, params), micro, r, train=True)
+            ctx = ForwardContext(train=True, step=state["step"], rng=r)
+            return task.loss(nnx.merge(graphdef, params), micro, ctx)
 
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         if accum_steps == 1:

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from attention.context import ForwardContext
 from attention.kv_cache import KVCache
 from attention.linear import linear
 from attention.masks import default_positions
@@ -71,6 +72,7 @@ class MultiHeadAttention(nnx.Module):
         segment_ids_BT: jax.Array | None = None,
         kv_lengths_B: jax.Array | None = None,
         cache: KVCache | None = None,
+        ctx: ForwardContext | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
         B, T, _ = x_BTD.shape
         x_BTD = x_BTD.astype(self.dtype)

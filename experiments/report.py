@@ -3,7 +3,8 @@
     python -m experiments.report results/<name> [--baseline POINT] [--metric eval/bpb]
                                                 [--correction holm|bh] [--use final|best]
 
-writes ``results/<name>/report.md``, ``metric_vs_compute.png`` and ``curves.png``.
+writes ``results/<name>/report.md``, ``metric_vs_compute.png``, ``curves.png`` and, when
+every run has the same compute, ``metric_vs_params.png``.
 
 Design choices (the ones that affect numbers are also stated in the report):
 - Lower metric is better (loss, bpb), consistent with ``best`` being a minimum.
@@ -21,6 +22,15 @@ Design choices (the ones that affect numbers are also stated in the report):
 - The power law is fitted on per-run (train_flops, metric) points when the
   points span >= 3 distinct compute values, where values within 0.05 decades
   (~12%) count as one: flop-matched grids differ only by step rounding.
+- Otherwise (a FLOPs-matched grid: every run has the same compute) the
+  loss-vs-compute law is fitted on the compute-efficient frontier of the
+  learning curves (Kaplan et al. 2020, Fig. 1 left and Sec. 6.1): each eval of
+  a run is a point (C = FLOPs/token x tokens/step x step, metric); evals are
+  grouped into compute levels, the point (grid point) with the lowest seed-mean
+  at a level is the frontier there, and its per-seed values are the fit's
+  observations. See ``_frontier`` for the grouping and the bootstrap.
+- When every run has the same compute, L(N) = a*N^(-b) + c is also fitted over
+  the per-run (params, metric) points, labelled "at matched compute".
 - Significance statements use the corrected p-value at alpha = 0.05.
 """
 
@@ -39,12 +49,20 @@ from matplotlib.figure import Figure
 from experiments import stats
 from experiments.results import load_results
 
-__all__ = ["ReportError", "analyze", "render_markdown", "plot_metric_vs_compute", "plot_curves",
-           "write_report", "main"]
+__all__ = ["ReportError", "analyze", "render_markdown", "plot_metric_vs_compute", "plot_metric_vs_params",
+           "plot_curves", "write_report", "main"]
 
 ALPHA = 0.05
 MIN_SEEDS_RECOMMENDED = 5
 COMPUTE_TOL_DECADES = 0.05
+# Frontier: a compute level spans at most this many decades (~6%). Narrower than
+# COMPUTE_TOL_DECADES on purpose: the last two of 10 evenly spaced evals (0.9 and
+# 1.0 of the budget) are only 0.046 decades apart and must stay separate levels.
+LEVEL_WIDTH_DECADES = 0.025
+# Frontier levels below this fraction of the largest level's compute (less the
+# COMPUTE_TOL_DECADES step-rounding tolerance) are left out of the fit: the
+# first evals of a run are dominated by warm-up, not by the compute law.
+FRONTIER_MIN_FRACTION = 0.1
 _BUDGET_WORDS = {"flops": "FLOPs", "tokens": "tokens", "steps": "steps"}
 _CORRECTION_NAMES = {"holm": "Holm-Bonferroni (Holm 1979)", "bh": "Benjamini-Hochberg (1995)"}
 
@@ -202,7 +220,13 @@ def analyze(records: list[dict], baseline: str | None = None, metric: str = "eva
                 f"\"no difference\" (see the CI of the difference, which for paired seeds is narrower).")
 
     fit, fit_note = _fit(points, metric, n_boot, confidence)
-    if fit_note and not fit_note.startswith("Fitted"):
+    # Selection rule: >= 3 distinct compute values -> the per-run fit above, as before.
+    # Fewer (a FLOPs-matched grid) -> the compute law from the learning-curve frontier.
+    frontier = frontier_fit = frontier_note = None
+    if _n_compute(points) < 3:
+        frontier, frontier_fit, frontier_note, lims = _frontier(points, metric, n_boot, confidence)
+        limitations += lims
+    if fit_note and not fit_note.startswith("Fitted") and frontier_fit is None:
         limitations.append(fit_note)
     if fit is not None:
         if fit["n_compute"] == 3:
@@ -215,11 +239,16 @@ def analyze(records: list[dict], baseline: str | None = None, metric: str = "eva
             limitations.append(f"Only {fit['n_boot_ok']} of {fit['n_boot']} bootstrap refits of the power law "
                                f"succeeded; the CI on b is less reliable.")
 
+    param_fit, param_fit_note, matched_compute, lims = _param_fit(points, metric, use, n_boot, confidence)
+    limitations += lims
+
     studies = sorted({str(r.get("study")) for r in records if r.get("study") is not None})
     return {"metric": metric, "use": use, "correction": correction, "confidence": confidence,
             "baseline": baseline, "points": points, "comparisons": comparisons, "fit": fit,
             "fit_note": fit_note, "limitations": limitations, "modes": modes, "studies": studies,
-            "n_records": len(records)}
+            "n_records": len(records), "frontier": frontier, "frontier_fit": frontier_fit,
+            "frontier_note": frontier_note, "param_fit": param_fit, "param_fit_note": param_fit_note,
+            "matched_compute": matched_compute}
 
 
 def _matched_phrase(p: dict, base: dict) -> str:
@@ -244,6 +273,11 @@ def _distinct_compute(xs: np.ndarray) -> int:
     return int(1 + np.sum(np.diff(lx) > COMPUTE_TOL_DECADES)) if lx.size else 0
 
 
+def _n_compute(points) -> int:
+    return _distinct_compute(np.array([p["train_flops"] for p in points
+                                       if math.isfinite(p["train_flops"]) and p["train_flops"] > 0]))
+
+
 def _fit(points, metric, n_boot, confidence):
     xs, ys = [], []
     for p in points:
@@ -253,8 +287,7 @@ def _fit(points, metric, n_boot, confidence):
                 xs.append(f)
                 ys.append(v)
     xs, ys = np.array(xs), np.array(ys)
-    k = _distinct_compute(np.array([p["train_flops"] for p in points
-                                    if math.isfinite(p["train_flops"]) and p["train_flops"] > 0]))
+    k = _n_compute(points)
     if k < 3:
         return None, (f"Power-law fit skipped: {k} distinct compute value(s) across points "
                       f"(need 3; values within {COMPUTE_TOL_DECADES} decades count as one).")
@@ -267,6 +300,331 @@ def _fit(points, metric, n_boot, confidence):
                  f"a = {fit['a']:.4g}, b = {fit['b']:.4f} ({confidence:.0%} bootstrap CI "
                  f"[{fit['b_ci_low']:.4f}, {fit['b_ci_high']:.4f}], {fit['n_boot_ok']}/{fit['n_boot']} refits), "
                  f"c = {fit['c']:.4g}.")
+
+
+# --------------------------------------------------------------------------- frontier and L(N)
+
+def _curve_compute(rec, metric) -> list[tuple[float, float]]:
+    """(C, value) for each eval of one run, sorted by C.
+
+    C = FLOPs/token x tokens/step x step (train_flops/steps x step when
+    flops_per_token or tokens is missing). Evals at step <= 0 and non-finite
+    values are skipped.
+    """
+    steps = _num(rec.get("steps"))
+    if not (math.isfinite(steps) and steps > 0):
+        return []
+    per_step = _num(rec.get("flops_per_token")) * _num(rec.get("tokens")) / steps
+    if not (math.isfinite(per_step) and per_step > 0):
+        per_step = _num(rec.get("train_flops")) / steps
+    if not (math.isfinite(per_step) and per_step > 0):
+        return []
+    out = []
+    for e in rec.get("curve") or []:
+        if not isinstance(e, dict):
+            continue
+        step, v = _num(e.get("step")), _num(e.get(metric))
+        if math.isfinite(step) and step > 0 and math.isfinite(v):
+            out.append((per_step * step, v))
+    return sorted(out)
+
+
+def _level_starts(log_c: np.ndarray) -> np.ndarray:
+    """Greedy compute levels over sorted log10 C: a value more than
+    LEVEL_WIDTH_DECADES above the current level's first value starts a new level.
+
+    Unlike single linkage this cannot chain neighbouring levels together, and
+    unlike rounding to a fixed grid it does not split the same eval of two sizes
+    (which differ by step rounding, ~0.01 decades) across a grid boundary.
+    """
+    starts: list[float] = []
+    for v in np.sort(log_c):
+        if not starts or v > starts[-1] + LEVEL_WIDTH_DECADES:
+            starts.append(float(v))
+    return np.array(starts)
+
+
+def _seed_means(vals: list[np.ndarray]) -> np.ndarray:
+    """(points, levels) mean over a point's runs; +inf where it has no value at a level."""
+    out = np.full((len(vals), vals[0].shape[1]), np.inf)
+    for i, v in enumerate(vals):
+        fin = np.isfinite(v)
+        cnt = fin.sum(axis=0)
+        out[i] = np.where(cnt > 0, np.where(fin, v, 0.0).sum(axis=0) / np.maximum(cnt, 1), np.inf)
+    return out
+
+
+def _frontier_obs(vals, comps, winners, present, keep):
+    """Per-seed observations on the frontier: x = the winner's compute at the level, y = its seeds' values."""
+    xs, ys = [], []
+    for j in np.flatnonzero(keep & present):
+        col = vals[winners[j]][:, j]
+        col = col[np.isfinite(col)]
+        xs += [comps[winners[j], j]] * col.size
+        ys += col.tolist()
+    return np.array(xs, dtype=float), np.array(ys, dtype=float)
+
+
+def _percentile(boot: list[float], confidence: float) -> tuple[float, float]:
+    if len(boot) < 2:
+        return float("nan"), float("nan")
+    alpha = 100 * (1 - confidence) / 2
+    lo, hi = np.percentile(boot, [alpha, 100 - alpha])
+    return float(lo), float(hi)
+
+
+def _ci(vals: np.ndarray, confidence: float) -> tuple[float, float]:
+    if vals.size < 2:
+        return float("nan"), float("nan")
+    s = stats.summarize(vals, confidence=confidence)
+    return s["ci_low"], s["ci_high"]
+
+
+def _frontier(points, metric, n_boot, confidence):
+    """Compute-efficient frontier of the learning curves and L(C) fitted on it.
+
+    Kaplan et al. 2020 ("Scaling Laws for Neural Language Models", Fig. 1 left
+    and Sec. 6.1) read the loss-vs-compute law off the lower envelope of the
+    learning curves of many model sizes. Here, for a grid of points x seeds:
+
+    1. Every eval of a run is a point (C, metric), C = FLOPs/token x tokens/step x step.
+    2. Evals are grouped into compute levels (``_level_starts``). In a FLOPs-matched
+       grid with evals at the same fractions of the budget, a level holds the
+       same eval of every size. Grouping by eval index would break on the
+       trainer's extra final eval (steps not a multiple of eval_every) and
+       rounding to 0.05 decades would merge the evals at 0.9 and 1.0 of the
+       budget. A run with two evals in one level contributes its later one.
+    3. At each level the point with the lowest seed-mean is the frontier; its
+       per-seed values, at its compute, are the observations of the fit.
+    4. Levels below FRONTIER_MIN_FRACTION of the largest compute are dropped
+       from the fit (warm-up), but stay in the table.
+    5. CI on b: seeds are resampled with replacement within each point (a
+       resampled run keeps its whole curve, so levels stay correlated as in the
+       data), the frontier is recomputed (the winner may change) and refitted;
+       percentile interval, fixed seed. The share of resamples that keep the
+       winner of each level is reported too.
+
+    Returns (frontier, fit, note, limitations); frontier is None when no run has
+    a curve, fit is None when there are < 3 levels to fit or the fit fails.
+    """
+    entries = []  # (grid index, run index, C, value)
+    grid, no_curve = [], 0
+    for p in points:
+        runs = [_curve_compute(r, metric) for r in p["records"]]
+        no_curve += sum(not c for c in runs)
+        runs = [c for c in runs if c]
+        if not runs:
+            continue
+        for r, run in enumerate(runs):
+            entries += [(len(grid), r, c, v) for c, v in run]
+        grid.append((p, len(runs)))
+    if not grid:
+        return None, None, (f"Frontier fit skipped: no run has a `{metric}` learning curve "
+                            f"(curve entries with step and {metric})."), []
+    lims = []
+    if no_curve:
+        lims.append(f"{no_curve} run(s) have no usable `{metric}` learning curve and are left out of the frontier.")
+
+    ent_c = np.array([e[2] for e in entries])
+    log_c = np.log10(ent_c)
+    starts = _level_starts(log_c)
+    n_lev = starts.size
+    level = np.searchsorted(starts, log_c, side="right") - 1  # same log values as the starts: no rounding mismatch
+    vals = [np.full((n, n_lev), np.nan) for _, n in grid]
+    cmat = [np.full((n, n_lev), np.nan) for _, n in grid]
+    for (g, r, c, v), j in zip(entries, level):  # entries of a run are sorted by C: the later eval wins
+        vals[g][r, j], cmat[g][r, j] = v, c
+    comps = np.full((len(grid), n_lev), np.nan)
+    for g, cm in enumerate(cmat):
+        fin = np.isfinite(cm)
+        cnt = fin.sum(axis=0)
+        comps[g] = np.where(cnt > 0, np.where(fin, cm, 0.0).sum(axis=0) / np.maximum(cnt, 1), np.nan)
+
+    cols = np.arange(n_lev)
+    means = _seed_means(vals)
+    winners = np.argmin(means, axis=0)
+    present = np.isfinite(means[winners, cols])
+    keep = starts >= float(log_c.max()) + math.log10(FRONTIER_MIN_FRACTION) - COMPUTE_TOL_DECADES
+
+    xs, ys = _frontier_obs(vals, comps, winners, present, keep)
+    n_fit_levels = int(np.unique(xs).size)
+    fit, note = None, None
+    if n_fit_levels < 3:
+        note = (f"Frontier fit skipped: {n_fit_levels} compute level(s) at or above "
+                f"{FRONTIER_MIN_FRACTION:.0%} of the largest compute (need 3).")
+    else:
+        try:
+            fit = stats.fit_power_law(xs, ys, n_boot=0, seed=0, confidence=confidence)
+        except (RuntimeError, ValueError) as e:
+            note = f"Frontier fit failed: {' '.join(str(e).split())}"
+
+    rng = np.random.default_rng(0)
+    same_winner = np.zeros(n_lev)
+    boot: list[float] = []
+    for _ in range(n_boot):
+        vb = [v[rng.integers(0, v.shape[0], v.shape[0])] for v in vals]
+        mb = _seed_means(vb)
+        wb = np.argmin(mb, axis=0)
+        pb = np.isfinite(mb[wb, cols])
+        same_winner += (wb == winners) & pb
+        if fit is None:
+            continue
+        xb, yb = _frontier_obs(vb, comps, wb, pb, keep)
+        if np.unique(xb).size < 3:
+            continue
+        try:
+            boot.append(stats.fit_power_law(xb, yb, n_boot=0, seed=0, confidence=confidence)["b"])
+        except (RuntimeError, ValueError):
+            continue
+
+    levels = []
+    for j in range(n_lev):
+        if not present[j]:
+            continue
+        w = winners[j]
+        col = vals[w][:, j]
+        col = col[np.isfinite(col)]
+        lo, hi = _ci(col, confidence)
+        order = [i for i in np.argsort(means[:, j], kind="stable") if np.isfinite(means[i, j]) and i != w]
+        levels.append({"compute": float(comps[w, j]), "winner": grid[w][0]["point"], "mean": float(means[w, j]),
+                       "ci_low": lo, "ci_high": hi, "n": int(col.size),
+                       "runner_up": grid[order[0]][0]["point"] if order else None,
+                       "margin": float(means[order[0], j] - means[w, j]) if order else float("nan"),
+                       "win_share": float(same_winner[j] / n_boot) if n_boot else float("nan"),
+                       "in_fit": bool(keep[j]), "n_points": int(np.isfinite(means[:, j]).sum())})
+    curves = {}
+    for g, (p, _) in enumerate(grid):
+        m = np.where(np.isfinite(means[g]), means[g], np.nan)
+        ci = [_ci(vals[g][:, j][np.isfinite(vals[g][:, j])], confidence) for j in range(n_lev)]
+        curves[p["point"]] = {"compute": comps[g], "mean": m, "ci_low": np.array([c[0] for c in ci]),
+                              "ci_high": np.array([c[1] for c in ci]),
+                              "n": np.isfinite(vals[g]).sum(axis=0)}
+    frontier = {"levels": levels, "curves": curves, "x": xs, "y": ys,
+                "min_fraction": FRONTIER_MIN_FRACTION, "level_width_decades": LEVEL_WIDTH_DECADES,
+                "n_runs": int(sum(n for _, n in grid))}
+
+    lims.append("The frontier is built from intermediate evals of runs whose cosine learning-rate schedule spans "
+                "the whole budget: before the last level the rate has not decayed, so those losses sit above "
+                "what a run annealed at that compute would reach (most at mid-budget, not at all at the final "
+                "eval; Hoffmann et al. 2022 make this point about Kaplan et al.'s frontier). The frontier is an "
+                "upper bound on the achievable loss; because the gap shrinks towards the full budget the fitted "
+                "exponent may overstate how fast loss falls with compute. Runs whose schedules end at several "
+                "budgets would remove this bias.")
+    unstable = [lv for lv in levels if lv["in_fit"] and math.isfinite(lv["win_share"]) and lv["win_share"] < 0.8]
+    if unstable:
+        lims.append(f"At {len(unstable)} frontier level(s) (C = {', '.join(_g(lv['compute']) for lv in unstable)}) "
+                    f"the best point changes in more than 20% of the bootstrap resamples: there the leading "
+                    f"points are within seed noise of each other.")
+    partial = [lv for lv in levels if lv["in_fit"] and lv["n_points"] < len(grid)]
+    if partial:
+        lims.append(f"At {len(partial)} frontier level(s) not every point has an eval; the frontier there is the "
+                    f"best of the points that have one.")
+    top = max(levels, key=lambda lv: lv["compute"])
+    pn = {p["point"]: p["params"] for p, _ in grid if math.isfinite(p["params"])}
+    if len(set(pn.values())) >= 2 and top["winner"] in pn:
+        if pn[top["winner"]] == max(pn.values()):
+            lims.append(f"At the largest compute the best point is `{top['winner']}`, the largest model in the "
+                        f"grid: the compute-optimal size there may be larger than any size tried.")
+        elif pn[top["winner"]] == min(pn.values()):
+            lims.append(f"At the largest compute the best point is `{top['winner']}`, the smallest model in the "
+                        f"grid: the compute-optimal size there may be smaller than any size tried.")
+
+    if fit is None:
+        if note:
+            lims.append(note)
+        return frontier, None, note, lims
+    lo, hi = _percentile(boot, confidence)
+    xmin, xmax = float(xs.min()), float(xs.max())
+    span = math.log10(xmax / xmin)
+    fit.update(b_ci_low=lo, b_ci_high=hi, n_boot=int(n_boot), n_boot_ok=len(boot), n_levels=n_fit_levels,
+               n_obs=int(xs.size), compute_min=xmin, compute_max=xmax, span_decades=span,
+               ci_method="percentile bootstrap over seeds within each point")
+    n_drop = int(np.sum(present & ~keep))
+    note = (f"Fitted {metric} = a·C^(-b) + c on the compute-efficient frontier: {xs.size} per-seed observations "
+            f"at {n_fit_levels} compute levels from {xmin:.3g} to {xmax:.3g} FLOPs ({span:.2f} decades"
+            + (f"; {n_drop} level(s) below {FRONTIER_MIN_FRACTION:.0%} of the largest compute left out" if n_drop
+               else "")
+            + f"): a = {fit['a']:.4g}, b = {fit['b']:.4f} ({confidence:.0%} bootstrap CI "
+            f"[{lo:.4f}, {hi:.4f}], {len(boot)}/{n_boot} refits resampling seeds within each point), "
+            f"c = {fit['c']:.4g}.")
+    if span < 2:
+        lims.append(f"The frontier spans only {span:.2f} decades of compute: over so short a range the exponent b "
+                    f"and the floor c trade off, and the law should not be extrapolated far beyond it.")
+    lims += _fit_quality_lims(fit, n_fit_levels, "frontier fit", "compute levels")
+    return frontier, fit, note, lims
+
+
+def _fit_quality_lims(fit, k, what, unit) -> list[str]:
+    out = []
+    if k == 3:
+        out.append(f"The {what} has 3 parameters and only 3 {unit}: it interpolates the means, so a, b and c "
+                   f"are weakly determined.")
+    if fit["b_at_bound"]:
+        out.append(f"The {what}'s exponent b = {fit['b']:.3g} sits on its bound [0, 10]; the data do not "
+                   f"support a decreasing power law.")
+    if fit["n_boot"] and fit["n_boot_ok"] < 0.9 * fit["n_boot"]:
+        out.append(f"Only {fit['n_boot_ok']} of {fit['n_boot']} bootstrap refits of the {what} succeeded; "
+                   f"the CI on b is less reliable.")
+    return out
+
+
+def _param_fit(points, metric, use, n_boot, confidence):
+    """L(N) = a·N^(-b) + c over per-run (params, metric) when every run has the same compute.
+
+    Bootstrap CI on b: seeds resampled with replacement within each point (the
+    sizes are fixed by design), refit, percentile interval, fixed seed.
+    Returns (fit, note, matched_compute, limitations); note is None when the
+    fit does not apply (compute not matched, or fewer than 2 parameter counts).
+    """
+    tf = np.array([_num(r.get("train_flops")) for p in points for r in p["records"]], dtype=float)
+    if tf.size == 0 or not np.all(np.isfinite(tf) & (tf > 0)) or _distinct_compute(tf) != 1:
+        return None, None, None, []
+    compute = float(np.mean(tf))
+    groups = []  # (point, params per run, values)
+    for p in points:
+        n = np.array([_num(r.get("params")) for r in p["records"]], dtype=float)
+        ok = np.isfinite(n) & (n > 0)
+        if ok.any():
+            groups.append((p, n[ok], p["values"][ok]))
+    x = np.concatenate([g[1] for g in groups]) if groups else np.array([])
+    k = int(np.unique(x).size)
+    if k < 2:
+        return None, None, compute, []
+    where = f"at matched compute C = {compute:.3g} FLOPs"
+    if k < 3:
+        note = f"Parameter fit skipped: {k} distinct parameter counts {where} (need 3)."
+        return None, note, compute, [note]
+    y = np.concatenate([g[2] for g in groups])
+    try:
+        fit = stats.fit_power_law(x, y, n_boot=0, seed=0, confidence=confidence)
+    except (RuntimeError, ValueError) as e:
+        note = f"Parameter fit failed: {' '.join(str(e).split())}"
+        return None, note, compute, [note]
+    rng = np.random.default_rng(0)
+    boot: list[float] = []
+    for _ in range(n_boot):
+        idx = [rng.integers(0, g[1].size, g[1].size) for g in groups]
+        xb = np.concatenate([g[1][i] for g, i in zip(groups, idx)])
+        yb = np.concatenate([g[2][i] for g, i in zip(groups, idx)])
+        try:
+            boot.append(stats.fit_power_law(xb, yb, n_boot=0, seed=0, confidence=confidence)["b"])
+        except (RuntimeError, ValueError):
+            continue
+    lo, hi = _percentile(boot, confidence)
+    fit.update(b_ci_low=lo, b_ci_high=hi, n_boot=int(n_boot), n_boot_ok=len(boot), n_params=k, n_obs=int(x.size),
+               compute=compute, ci_method="percentile bootstrap over seeds within each point")
+    note = (f"Fitted {metric} = a·N^(-b) + c {where} over {x.size} runs at {k} parameter counts "
+            f"({use} values): a = {fit['a']:.4g}, b = {fit['b']:.4f} ({confidence:.0%} bootstrap CI "
+            f"[{lo:.4f}, {hi:.4f}], {len(boot)}/{n_boot} refits resampling seeds within each point), "
+            f"c = {fit['c']:.4g}.")
+    lims = _fit_quality_lims(fit, k, "parameter fit", "parameter counts")
+    best = min((g for g in groups if g[2].size), key=lambda g: float(np.mean(g[2])))
+    if float(best[1][0]) < float(x.max()):
+        lims.append(f"{where.capitalize()} the lowest mean {metric} is at `{best[0]['point']}` "
+                    f"(N = {_si(best[1][0])}), not at the largest model: past the compute-optimal size the loss "
+                    f"rises again (an IsoFLOP profile, Hoffmann et al. 2022), which a decreasing power law in N "
+                    f"cannot follow, so its b is not a parameter-scaling exponent.")
+    return fit, note, compute, lims
 
 
 # --------------------------------------------------------------------------- rendering
@@ -382,6 +740,7 @@ def render_markdown(an: dict, title: str = "", load_errors=()) -> str:
         lines.append("- No comparisons (a single point, or every point has a single seed).")
 
     lines += ["", "## Scaling fit", "", an["fit_note"], ""]
+    lines += _frontier_lines(an) + _param_lines(an)
 
     lim = list(an["limitations"])
     if load_errors:
@@ -390,13 +749,74 @@ def render_markdown(an: dict, title: str = "", load_errors=()) -> str:
     lines += ["## Limitations", ""] + ([f"- {x}" for x in lim] if lim else ["- None noted."])
     lines += ["", "## Plots", "", f"![{metric} vs compute](metric_vs_compute.png)", "",
               f"![{metric} curves](curves.png)", ""]
+    if an.get("param_fit_note") is not None:
+        lines += [f"![{metric} vs parameters](metric_vs_params.png)", ""]
     return "\n".join(lines)
+
+
+def _frontier_lines(an: dict) -> list[str]:
+    fr, note = an.get("frontier"), an.get("frontier_note")
+    if fr is None and note is None:
+        return []
+    metric, conf = an["metric"], an["confidence"]
+    out = ["### Loss vs compute: compute-efficient frontier of the learning curves", ""]
+    if fr is not None:
+        out += [f"Method (Kaplan et al. 2020, Fig. 1 left): every eval of every run is a point "
+                f"(C = FLOPs/token × tokens/step × step, `{metric}` at that eval, whatever the "
+                f"final/best choice above). Evals are grouped into compute levels at most "
+                f"{fr['level_width_decades']} decades wide (a run with two evals in one level contributes the "
+                f"later one). At each level the point with the lowest seed mean is on the frontier, and its "
+                f"per-seed values at its compute are the observations for L(C) = a·C^(-b) + c. Levels below "
+                f"{fr['min_fraction']:.0%} of the largest compute (warm-up) are listed but not fitted. CI on b: "
+                f"percentile bootstrap resampling seeds with replacement within each point (each run's curve "
+                f"kept whole), recomputing the frontier and refitting; with few seeds per point it is somewhat "
+                f"narrower than the true uncertainty. \"Same winner\" is the share of those resamples in which "
+                f"the same point wins the level.", ""]
+    if note:
+        out += [note, ""]
+    if fr is not None and fr["levels"]:
+        out += [f"Best point at each compute level (which size is compute-optimal at C); mean ± {conf:.0%} CI "
+                f"over its seeds:", "",
+                "| compute (FLOPs) | best point | mean ± CI | n | next best (Δ) | same winner | in fit |",
+                "|---|---|---|---|---|---|---|"]
+        for lv in fr["levels"]:
+            if lv["n"] >= 2:
+                m, h = _pm(lv["mean"], (lv["ci_high"] - lv["ci_low"]) / 2)
+                ms = f"{m} ± {h}"
+            else:
+                ms = f"{lv['mean']:.4f} (no CI)"
+            nxt = (f"`{_esc(lv['runner_up'])}` (+{lv['margin']:.3g})" if lv["runner_up"] is not None else "–")
+            share = f"{lv['win_share']:.0%}" if math.isfinite(lv["win_share"]) else "n/a"
+            out.append(f"| {lv['compute']:.3g} | `{_esc(lv['winner'])}` | {ms} | {lv['n']} | {nxt} | {share} | "
+                       f"{'yes' if lv['in_fit'] else 'no'} |")
+        out.append("")
+    return out
+
+
+def _param_lines(an: dict) -> list[str]:
+    note = an.get("param_fit_note")
+    if note is None:
+        return []
+    return ["### Loss vs parameters at matched compute", "",
+            f"Method: per-run (parameters N, `{an['metric']}`) points, every run trained with the same compute "
+            f"C = {an['matched_compute']:.3g} FLOPs, fitted with L(N) = a·N^(-b) + c; CI on b from the percentile "
+            f"bootstrap over seeds within each point. At matched compute a smaller model sees more tokens, so "
+            f"this is loss vs size along one compute budget (an IsoFLOP slice), not L(N) at convergence as in "
+            f"Kaplan et al. 2020.", "", note, ""]
 
 
 # --------------------------------------------------------------------------- plots
 
 def plot_metric_vs_compute(ax, an: dict) -> None:
-    """Per-seed points, per-point mean ± CI and (if fitted) the power law, x = train FLOPs (log)."""
+    """Per-seed points, per-point mean ± CI and (if fitted) the power law, x = train FLOPs (log).
+
+    When the compute law comes from the learning-curve frontier (no per-run fit,
+    ``an["frontier"]`` set), it shows each point's mean learning curve vs compute
+    instead, the frontier levels and the frontier fit.
+    """
+    if an["fit"] is None and an.get("frontier") is not None:
+        _plot_frontier(ax, an)
+        return
     metric = an["metric"]
     cmap = _colors(len(an["points"]))
     legend_points = len(an["points"]) <= 12
@@ -423,6 +843,74 @@ def plot_metric_vs_compute(ax, an: dict) -> None:
     ax.set_xlabel("train FLOPs")
     ax.set_ylabel(f"{metric} ({an['use']})")
     ax.set_title(f"{metric} vs compute (mean ± {an['confidence']:.0%} CI)")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def _plot_frontier(ax, an: dict) -> None:
+    fr, fit, metric = an["frontier"], an.get("frontier_fit"), an["metric"]
+    names = [p["point"] for p in an["points"]]
+    cmap = dict(zip(names, _colors(len(names))))
+    legend_points = len(names) <= 12
+    for name, cv in fr["curves"].items():
+        ok = np.isfinite(cv["compute"]) & np.isfinite(cv["mean"])
+        ax.plot(cv["compute"][ok], cv["mean"][ok], "-", marker=".", ms=4, lw=1.2, alpha=0.85, color=cmap[name],
+                zorder=2, label=name if legend_points else None)
+        band = ok & np.isfinite(cv["ci_low"]) & np.isfinite(cv["ci_high"])
+        if band.sum() >= 2:
+            ax.fill_between(cv["compute"][band], cv["ci_low"][band], cv["ci_high"][band], color=cmap[name],
+                            alpha=0.15, lw=0, zorder=1)
+    for in_fit in (True, False):
+        sel = [lv for lv in fr["levels"] if lv["in_fit"] == in_fit]
+        if not sel:
+            continue
+        ax.scatter([lv["compute"] for lv in sel], [lv["mean"] for lv in sel], s=60, zorder=4, edgecolors="k",
+                   linewidths=1.2, facecolors=[cmap[lv["winner"]] for lv in sel] if in_fit else "none",
+                   label=("frontier (best point per level)" if in_fit else
+                          f"below {fr['min_fraction']:.0%} of max compute (not fitted)"))
+    if fit is not None:
+        grid = np.logspace(np.log10(fit["compute_min"]) - 0.05, np.log10(fit["compute_max"]) + 0.05, 200)
+        ax.plot(grid, stats.power_law(grid, fit["a"], fit["b"], fit["c"]), "k--", zorder=3,
+                label=(f"frontier fit {fit['a']:.3g}·C^(-b) + {fit['c']:.3g}, b = {fit['b']:.3f} "
+                       f"[{fit['b_ci_low']:.3f}, {fit['b_ci_high']:.3f}]"))
+    ax.set_xscale("log")
+    ax.set_xlabel("training FLOPs so far, C")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} learning curves vs compute and their frontier (mean ± {an['confidence']:.0%} CI)",
+                 fontsize=9)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def plot_metric_vs_params(ax, an: dict) -> None:
+    """At matched compute: per-seed points, per-point mean ± CI and (if fitted) L(N), x = parameters (log)."""
+    metric, fit = an["metric"], an.get("param_fit")
+    cmap = _colors(len(an["points"]))
+    legend_points = len(an["points"]) <= 12
+    xs_all = []
+    for i, p in enumerate(an["points"]):
+        xs = np.array([_num(r.get("params")) for r in p["records"]], dtype=float)
+        ok = np.isfinite(xs) & (xs > 0)
+        if not ok.any():
+            continue
+        xs_all += xs[ok].tolist()
+        ax.scatter(xs[ok], p["values"][ok], s=12, alpha=0.4, color=cmap[i], zorder=2)
+        yerr = [[p["mean"] - p["ci_low"]], [p["ci_high"] - p["mean"]]] if p["n"] >= 2 else None
+        ax.errorbar([p["params"]], [p["mean"]], yerr=yerr, fmt="o", ms=6, capsize=4, color=cmap[i], zorder=3,
+                    label=p["point"] if legend_points else None)
+    if fit is not None and xs_all:
+        grid = np.logspace(np.log10(min(xs_all)) - 0.1, np.log10(max(xs_all)) + 0.1, 200)
+        ax.plot(grid, stats.power_law(grid, fit["a"], fit["b"], fit["c"]), "k--", zorder=1,
+                label=(f"fit {fit['a']:.3g}·N^(-b) + {fit['c']:.3g}, b = {fit['b']:.3f} "
+                       f"[{fit['b_ci_low']:.3f}, {fit['b_ci_high']:.3f}]"))
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters N")
+    ax.set_ylabel(f"{metric} ({an['use']})")
+    c = an.get("matched_compute")
+    where = f" at matched compute C = {c:.3g} FLOPs" if c is not None else ""
+    ax.set_title(f"{metric} vs parameters{where} (mean ± {an['confidence']:.0%} CI)", fontsize=9)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
     ax.grid(True, which="both", alpha=0.3)
@@ -474,7 +962,8 @@ def _save(draw, path: Path) -> None:
 
 def write_report(results_dir, baseline: str | None = None, metric: str = "eval/bpb",
                  correction: str = "holm", use: str = "final", n_boot: int = 1000) -> Path:
-    """Write report.md, metric_vs_compute.png and curves.png into ``results_dir``; return report.md's path.
+    """Write report.md, metric_vs_compute.png, curves.png and (matched compute, >= 2 model sizes)
+    metric_vs_params.png into ``results_dir``; return report.md's path.
 
     ``n_boot`` is the number of bootstrap refits for the CI on the power-law
     exponent. Deterministic for the same input (bootstrap seeds are fixed).
@@ -493,6 +982,8 @@ def write_report(results_dir, baseline: str | None = None, metric: str = "eval/b
     md = render_markdown(an, title=", ".join(an["studies"]) or results_dir.name, load_errors=errors)
     _save(lambda ax: plot_metric_vs_compute(ax, an), results_dir / "metric_vs_compute.png")
     _save(lambda ax: plot_curves(ax, records, metric), results_dir / "curves.png")
+    if an["param_fit_note"] is not None:
+        _save(lambda ax: plot_metric_vs_params(ax, an), results_dir / "metric_vs_params.png")
     out = results_dir / "report.md"
     out.write_text(md, encoding="utf-8")
     return out

@@ -22,9 +22,9 @@ class TransformerBlock(nnx.Module):
         self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.ffn = get_ffn(ffn or cfg.ffn)(cfg, rngs=rngs)
 
-    def __call__(self, x_BTD: jax.Array, *, cache=None, **mask) -> tuple[jax.Array, object, dict]:
-        y_BTD, cache = self.attn(self.attn_norm(x_BTD), cache=cache, **mask)
+    def __call__(self, x_BTD: jax.Array, *, cache=None, ctx=None, **mask) -> tuple[jax.Array, object, dict]:
+        y_BTD, cache = self.attn(self.attn_norm(x_BTD), cache=cache, ctx=ctx, **mask)
         x_BTD = constrain(x_BTD + y_BTD, (ax.BATCH, ax.LENGTH, ax.EMBED))
-        y_BTD, aux = self.ffn(self.ffn_norm(x_BTD))
+        y_BTD, aux = self.ffn(self.ffn_norm(x_BTD), ctx=ctx)
         x_BTD = constrain(x_BTD + y_BTD, (ax.BATCH, ax.LENGTH, ax.EMBED))
         return x_BTD, cache, aux

@@ -34,6 +34,14 @@ def default_model_config() -> ml_collections.ConfigDict:
         init_std=0.02,
         num_classes=0,         # classifier head width (encoder only)
         pooling="cls",         # encoder pooling: cls | mean
+        # Performer (attention="performer")
+        num_features=256,      # random features M
+        redraw_every=1000,     # redraw features every k training steps (0: never)
+        performer_kernel="softmax",  # softmax (FAVOR+ positive features) | relu
+        # Longformer (attention="longformer")
+        window=256,            # sliding window W: W/2 each side, or W back when causal
+        num_global=0,          # the first G positions are global tokens
+        dilation=1,            # dilation rate, an int or one per head
     ))
 
 

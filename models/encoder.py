@@ -36,11 +36,11 @@ class EncoderClassifier(nnx.Module):
             logical_axes=(ax.EMBED, None),
         )
 
-    def __call__(self, tokens_BT: jax.Array, *, segment_ids_BT=None, positions_BT=None):
+    def __call__(self, tokens_BT: jax.Array, *, segment_ids_BT=None, positions_BT=None, ctx=None):
         x_BTD = constrain(self.embed(tokens_BT, self.dtype), (ax.BATCH, ax.LENGTH, ax.EMBED))
         aux = []
         for blk in self.blocks:
-            x_BTD, _, a = blk(x_BTD, positions_BT=positions_BT, segment_ids_BT=segment_ids_BT)
+            x_BTD, _, a = blk(x_BTD, positions_BT=positions_BT, segment_ids_BT=segment_ids_BT, ctx=ctx)
             aux.append(a)
         x_BTD = self.final_norm(x_BTD)
         if self.pooling == "cls":

@@ -63,7 +63,7 @@ class MLP(nnx.Module):
     def flops_per_token(cfg) -> float:
         return 2.0 * MLP.param_count(cfg)
 
-    def __call__(self, x_BTD: jax.Array) -> tuple[jax.Array, dict]:
+    def __call__(self, x_BTD: jax.Array, ctx=None) -> tuple[jax.Array, dict]:
         x_BTD = x_BTD.astype(self.dtype)
         h_BTF = linear(x_BTD, self.wi_DF[...].astype(self.dtype))
         if self.activation == "swiglu":

@@ -35,13 +35,14 @@ class DecoderLM(nnx.Module):
     def init_caches(self, batch: int, max_len: int):
         return [blk.attn.init_cache(batch, max_len) for blk in self.blocks]
 
-    def __call__(self, tokens_BT: jax.Array, *, caches=None, positions_BT=None, segment_ids_BT=None):
+    def __call__(self, tokens_BT: jax.Array, *, caches=None, positions_BT=None, segment_ids_BT=None, ctx=None):
+        """`ctx` (attention.context.ForwardContext) carries train flag, step and RNG; None = evaluation."""
         x_BTD = constrain(self.embed(tokens_BT, self.dtype), (ax.BATCH, ax.LENGTH, ax.EMBED))
         new_caches, aux = [], []
         for i, blk in enumerate(self.blocks):
             x_BTD, c, a = blk(
                 x_BTD, cache=None if caches is None else caches[i],
-                positions_BT=positions_BT, segment_ids_BT=segment_ids_BT,
+                positions_BT=positions_BT, segment_ids_BT=segment_ids_BT, ctx=ctx,
             )
             new_caches.append(c)
             aux.append(a)

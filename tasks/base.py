@@ -29,8 +29,12 @@ class Task:
     def build_model(self, rngs):
         raise NotImplementedError
 
-    def loss(self, model, batch: Mapping[str, jax.Array], rng: jax.Array, train: bool) -> tuple[jax.Array, dict]:
-        """Mean loss of a (micro)batch and a flat dict of scalar metrics."""
+    def loss(self, model, batch: Mapping[str, jax.Array], ctx) -> tuple[jax.Array, dict]:
+        """Mean loss of a (micro)batch and a flat dict of scalar metrics.
+
+        `ctx` is an `attention.context.ForwardContext` (train flag, step, RNG)
+        to hand to the model.
+        """
         raise NotImplementedError
 
     # --- data --------------------------------------------------------------

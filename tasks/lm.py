@@ -31,8 +31,8 @@ class LMTask(Task):
         return DecoderLM(self.config.model, rngs=rngs)
 
     # --- loss ----------------------------------------------------------------
-    def loss(self, model, batch, rng, train):
-        logits_BTV, _, aux = model(batch["inputs"])
+    def loss(self, model, batch, ctx):
+        logits_BTV, _, aux = model(batch["inputs"], ctx=ctx)
         nll_sum, w_sum, correct = cross_entropy(logits_BTV, batch["targets"], batch.get("weights"))
         ce = nll_sum / w_sum
         extra, aux_metrics = collect_aux(aux)

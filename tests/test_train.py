@@ -103,3 +103,30 @@ def test_every_experiment_runs_as_smoke(path, tmp_path, devices):
     cfg = mod.get_config("smoke")
     summary = train.train_and_evaluate(cfg, str(tmp_path), devices[:1])
     assert np.isfinite(summary["final"]["eval/loss"])
+
+
+@pytest.mark.slow
+def test_quickstart_notebook_executes():
+    nbclient = pytest.importorskip("nbclient")
+    import nbformat
+
+    nb = nbformat.read(os.path.join(ROOT, "notebooks", "quickstart.ipynb"), as_version=4)
+    env_before = os.environ.get("STEPS")
+    os.environ["STEPS"] = "30"
+    try:
+        nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                                resources={"metadata": {"path": os.path.join(ROOT, "notebooks")}}).execute()
+    finally:
+        if env_before is None:
+            os.environ.pop("STEPS", None)
+        else:
+            os.environ["STEPS"] = env_before
+    outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "validation bpb" in outputs and "The " in outputs
+
+
+def test_bfloat16_compute_trains(tmp_path, devices):
+    cfg = smoke_cfg()
+    cfg.model.dtype = "bfloat16"
+    summary = train.train_and_evaluate(cfg, str(tmp_path), devices[:1])
+    assert np.isfinite(summary["final"]["eval/loss"]) and summary["final"]["eval/bpb"] < 8.0
