@@ -58,7 +58,11 @@ class MultiHeadAttention(nnx.Module):
         """Forward FLOPs of the attention core per query token (QK^T and AV over all keys)."""
         return 4.0 * seq_len * cfg.n_heads * head_dim_of(cfg)
 
-    def core(self, q_BTNH, k_BSKH, v_BSKH, **mask: Any) -> jax.Array:
+    @staticmethod
+    def validate_config(cfg) -> None:
+        """Raise ValueError naming the field for variant-specific config errors."""
+
+    def core(self, q_BTNH, k_BSKH, v_BSKH, *, ctx: ForwardContext | None = None, **mask: Any) -> jax.Array:
         raise NotImplementedError(f"{type(self).__name__} must implement core()")
 
     def init_cache(self, batch: int, max_len: int) -> KVCache:
@@ -92,7 +96,7 @@ class MultiHeadAttention(nnx.Module):
 
         if cache is None:
             out_BTNH = self.core(
-                q_BTNH, k_BTKH, v_BTKH, causal=self.causal,
+                q_BTNH, k_BTKH, v_BTKH, ctx=ctx, causal=self.causal,
                 q_positions_BT=given_positions_BT, kv_positions_BS=given_positions_BT,
                 q_segment_ids_BT=segment_ids_BT, kv_segment_ids_BS=segment_ids_BT,
                 kv_lengths_B=kv_lengths_B,
@@ -105,7 +109,7 @@ class MultiHeadAttention(nnx.Module):
             new_cache = cache.write(k_BTKH, v_BTKH)
             S = new_cache.max_len
             out_BTNH = self.core(
-                q_BTNH, new_cache.k_BSKH, new_cache.v_BSKH, causal=True,
+                q_BTNH, new_cache.k_BSKH, new_cache.v_BSKH, ctx=ctx, causal=True,
                 q_positions_BT=positions_BT, kv_positions_BS=default_positions(B, S),
                 kv_lengths_B=new_cache.lengths_B,
             )

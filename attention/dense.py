@@ -74,5 +74,5 @@ def dense_attention(q_BTNH, k_BSKH, v_BSKH, *, impl: str = "xla", **mask):
 class DenseAttention(MultiHeadAttention):
     """Full softmax attention (Vaswani et al. 2017, eq. 1)."""
 
-    def core(self, q_BTNH, k_BSKH, v_BSKH, **mask):
+    def core(self, q_BTNH, k_BSKH, v_BSKH, *, ctx=None, **mask):
         return dense_attention(q_BTNH, k_BSKH, v_BSKH, impl=self.impl, **mask)

@@ -74,6 +74,10 @@ def validate_model_config(cfg) -> None:
     head_dim = cfg.head_dim or cfg.d_model // cfg.n_heads
     if cfg.rope and head_dim % 2:
         raise ConfigError(f"model.head_dim={head_dim} must be even when model.rope=True")
+    try:
+        ATTENTION_REGISTRY[cfg.attention].validate_config(cfg)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     from attention.dense import DENSE_IMPLS
 
     if cfg.attention_impl not in DENSE_IMPLS:
