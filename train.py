@@ -236,6 +236,35 @@ def evaluate(s: Setup, eval_fn, params) -> dict[str, float]:
     return s.task.eval_metrics(totals)
 
 
+def earlier_evals(workdir: str, upto: int) -> list[dict]:
+    """Eval records of previous launches in `metrics.jsonl`, up to the resumed step."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if upto == 0 or not os.path.exists(path):
+        return []
+    by_step: dict[int, dict] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a crash
+            if rec.get("step", upto + 1) <= upto and any(k.startswith("eval/") for k in rec):
+                by_step[rec["step"]] = {"step": rec["step"], **{k: v for k, v in rec.items()
+                                                               if k.startswith("eval/") and isinstance(v, float)}}
+    return [by_step[k] for k in sorted(by_step)]
+
+
+def best_of(curve: list[dict]) -> dict[str, float]:
+    """Best value of each eval metric over the curve: max for accuracies, min otherwise."""
+    best: dict[str, float] = {}
+    for point in curve:
+        for k, v in point.items():
+            if k != "step":
+                pick = max if k.endswith("accuracy") else min
+                best[k] = pick(best.get(k, v), v)
+    return best
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict[str, Any]:
     """Trains (resuming from `workdir` if it holds a checkpoint) and returns a run summary."""
     s = setup(config, devices)
@@ -275,8 +304,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
         # still spans num_steps): for time-sliced jobs and the exact-resume test.
         stop_at = min(int(cfg.train.get("stop_at") or cfg.train.num_steps), int(cfg.train.num_steps))
         progress = Progress(stop_at, start, enabled=is_main and progress_enabled())
-        curve: list[dict] = []
-        best: dict[str, float] = {}
+        # Evaluations of earlier launches, so a resumed run's curve is whole.
+        curve: list[dict] = earlier_evals(workdir, start) if is_main else []
         last_eval: dict[str, float] = {}
         t_start = time.perf_counter()
         t_mark, step_mark = t_start, start
@@ -288,8 +317,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
             extras = s.task.eval_extras(nnx.merge(s.graphdef, state["params"]), step) if is_main else {}
             writer.write(step, {**metrics, **{f"eval/{k}": v for k, v in extras.items()}})
             curve.append({"step": step, **metrics})
-            for k, v in metrics.items():
-                best[k] = min(best.get(k, v), v) if not k.endswith("accuracy") else max(best.get(k, v), v)
             last_eval = metrics
             if is_main:
                 log.info("step %d: %s", step, " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
@@ -330,7 +357,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
         "train_flops": summary["flops_per_token"] * max(start, stop_at) * s.task.tokens_per_step,
         "wall_time_s": time.perf_counter() - t_start,
         "final": last_eval,
-        "best": best,
+        "best": best_of(curve),
         "curve": curve,
     })
     if is_main:

@@ -26,9 +26,11 @@ Design choices (the ones that affect numbers are also stated in the report):
   loss-vs-compute law is fitted on the compute-efficient frontier of the
   learning curves (Kaplan et al. 2020, Fig. 1 left and Sec. 6.1): each eval of
   a run is a point (C = FLOPs/token x tokens/step x step, metric); evals are
-  grouped into compute levels, the point (grid point) with the lowest seed-mean
-  at a level is the frontier there, and its per-seed values are the fit's
-  observations. See ``_frontier`` for the grouping and the bootstrap.
+  grouped into compute levels (by eval index when the points' evals line up,
+  else by compute), the point (grid point) with the lowest seed-mean at a level
+  is the frontier there, and its per-seed values are the fit's observations.
+  Levels below 10% of the largest compute are not fitted (warm-up). See
+  ``_frontier`` for the grouping and the bootstrap.
 - When every run has the same compute, L(N) = a*N^(-b) + c is also fitted over
   the per-run (params, metric) points, labelled "at matched compute".
 - Significance statements use the corrected p-value at alpha = 0.05.
@@ -55,9 +57,10 @@ __all__ = ["ReportError", "analyze", "render_markdown", "plot_metric_vs_compute"
 ALPHA = 0.05
 MIN_SEEDS_RECOMMENDED = 5
 COMPUTE_TOL_DECADES = 0.05
-# Frontier: a compute level spans at most this many decades (~6%). Narrower than
-# COMPUTE_TOL_DECADES on purpose: the last two of 10 evenly spaced evals (0.9 and
-# 1.0 of the budget) are only 0.046 decades apart and must stay separate levels.
+# Frontier, for curves whose evals do not line up by index: a compute level spans
+# at most this many decades (~6%). Narrower than COMPUTE_TOL_DECADES on purpose:
+# the last two of 10 evenly spaced evals (0.9 and 1.0 of the budget) are only
+# 0.046 decades apart and must stay separate levels.
 LEVEL_WIDTH_DECADES = 0.025
 # Frontier levels below this fraction of the largest level's compute (less the
 # COMPUTE_TOL_DECADES step-rounding tolerance) are left out of the fit: the
@@ -304,12 +307,16 @@ def _fit(points, metric, n_boot, confidence):
 
 # --------------------------------------------------------------------------- frontier and L(N)
 
-def _curve_compute(rec, metric) -> list[tuple[float, float]]:
-    """(C, value) for each eval of one run, sorted by C.
+def _curve_compute(rec, metric) -> list[tuple[int, float, float]]:
+    """(eval index, C, value) for each eval of one run, sorted by step.
 
     C = FLOPs/token x tokens/step x step (train_flops/steps x step when
-    flops_per_token or tokens is missing). Evals at step <= 0 and non-finite
-    values are skipped.
+    flops_per_token or tokens is missing). The eval index is round(step / e),
+    e = the run's eval interval (median step gap, counting from step 0), capped
+    at floor(steps / e): the trainer evaluates every e steps and once more at
+    the last step when steps is not a multiple of e, and that final eval takes
+    the index of the regular eval just before it. Evals at step <= 0 and
+    non-finite values are skipped.
     """
     steps = _num(rec.get("steps"))
     if not (math.isfinite(steps) and steps > 0):
@@ -319,29 +326,59 @@ def _curve_compute(rec, metric) -> list[tuple[float, float]]:
         per_step = _num(rec.get("train_flops")) / steps
     if not (math.isfinite(per_step) and per_step > 0):
         return []
-    out = []
+    evals = []
     for e in rec.get("curve") or []:
-        if not isinstance(e, dict):
-            continue
-        step, v = _num(e.get("step")), _num(e.get(metric))
-        if math.isfinite(step) and step > 0 and math.isfinite(v):
-            out.append((per_step * step, v))
-    return sorted(out)
+        if isinstance(e, dict):
+            st = _num(e.get("step"))
+            if math.isfinite(st) and st > 0:
+                evals.append((st, _num(e.get(metric))))
+    if not evals:
+        return []
+    evals.sort(key=lambda t: t[0])
+    every = float(np.median(np.diff([0.0] + [st for st, _ in evals])))
+    if every <= 0:  # duplicated steps only
+        every = evals[0][0]
+    last = max(1, int(math.floor(steps / every + 1e-9)))
+    return [(min(max(1, int(round(st / every))), last), per_step * st, v)
+            for st, v in evals if math.isfinite(v)]
 
 
 def _level_starts(log_c: np.ndarray) -> np.ndarray:
     """Greedy compute levels over sorted log10 C: a value more than
     LEVEL_WIDTH_DECADES above the current level's first value starts a new level.
 
-    Unlike single linkage this cannot chain neighbouring levels together, and
-    unlike rounding to a fixed grid it does not split the same eval of two sizes
-    (which differ by step rounding, ~0.01 decades) across a grid boundary.
+    The fallback grouping for curves whose evals do not line up by index.
+    Unlike single linkage it cannot chain neighbouring levels together.
     """
     starts: list[float] = []
     for v in np.sort(log_c):
         if not starts or v > starts[-1] + LEVEL_WIDTH_DECADES:
             starts.append(float(v))
     return np.array(starts)
+
+
+def _levels(entries, log_c: np.ndarray, n_points: int) -> tuple[np.ndarray, str]:
+    """Level of each entry (grid index, run index, eval index, C, value) and how it was found.
+
+    By eval index when, at every index, the points' mean computes agree within
+    COMPUTE_TOL_DECADES (a FLOPs-matched grid evaluated at the same fractions
+    of the budget: they differ by step rounding only); otherwise by compute
+    (``_level_starts``).
+    """
+    idx = np.array([e[2] for e in entries])
+    pts = np.array([e[0] for e in entries])
+    aligned = True
+    for k in np.unique(idx):
+        sel = idx == k
+        means = [log_c[sel & (pts == g)].mean() for g in range(n_points) if np.any(sel & (pts == g))]
+        if max(means) - min(means) > COMPUTE_TOL_DECADES:
+            aligned = False
+            break
+    if aligned:
+        return np.searchsorted(np.unique(idx), idx), "eval index"
+    starts = _level_starts(log_c)
+    # same log values as the starts: no rounding mismatch at a level's first value
+    return np.searchsorted(starts, log_c, side="right") - 1, "compute"
 
 
 def _seed_means(vals: list[np.ndarray]) -> np.ndarray:
@@ -388,12 +425,13 @@ def _frontier(points, metric, n_boot, confidence):
     learning curves of many model sizes. Here, for a grid of points x seeds:
 
     1. Every eval of a run is a point (C, metric), C = FLOPs/token x tokens/step x step.
-    2. Evals are grouped into compute levels (``_level_starts``). In a FLOPs-matched
-       grid with evals at the same fractions of the budget, a level holds the
-       same eval of every size. Grouping by eval index would break on the
-       trainer's extra final eval (steps not a multiple of eval_every) and
-       rounding to 0.05 decades would merge the evals at 0.9 and 1.0 of the
-       budget. A run with two evals in one level contributes its later one.
+    2. Evals are grouped into compute levels (``_levels``): by eval index when
+       the grid is FLOPs-matched and evaluated at the same fractions of the
+       budget (the trainer's extra final eval takes the last regular eval's
+       index), else by compute, in levels at most LEVEL_WIDTH_DECADES wide
+       (rounding to 0.05 decades would merge the evals at 0.9 and 1.0 of the
+       budget, 0.046 decades apart). A run with two evals in one level
+       contributes its later one.
     3. At each level the point with the lowest seed-mean is the frontier; its
        per-seed values, at its compute, are the observations of the fit.
     4. Levels below FRONTIER_MIN_FRACTION of the largest compute are dropped
@@ -407,7 +445,7 @@ def _frontier(points, metric, n_boot, confidence):
     Returns (frontier, fit, note, limitations); frontier is None when no run has
     a curve, fit is None when there are < 3 levels to fit or the fit fails.
     """
-    entries = []  # (grid index, run index, C, value)
+    entries = []  # (grid index, run index, eval index, C, value)
     grid, no_curve = [], 0
     for p in points:
         runs = [_curve_compute(r, metric) for r in p["records"]]
@@ -416,7 +454,7 @@ def _frontier(points, metric, n_boot, confidence):
         if not runs:
             continue
         for r, run in enumerate(runs):
-            entries += [(len(grid), r, c, v) for c, v in run]
+            entries += [(len(grid), r, k, c, v) for k, c, v in run]
         grid.append((p, len(runs)))
     if not grid:
         return None, None, (f"Frontier fit skipped: no run has a `{metric}` learning curve "
@@ -425,15 +463,14 @@ def _frontier(points, metric, n_boot, confidence):
     if no_curve:
         lims.append(f"{no_curve} run(s) have no usable `{metric}` learning curve and are left out of the frontier.")
 
-    ent_c = np.array([e[2] for e in entries])
-    log_c = np.log10(ent_c)
-    starts = _level_starts(log_c)
-    n_lev = starts.size
-    level = np.searchsorted(starts, log_c, side="right") - 1  # same log values as the starts: no rounding mismatch
+    log_c = np.log10(np.array([e[3] for e in entries]))
+    level, grouping = _levels(entries, log_c, len(grid))
+    n_lev = int(level.max()) + 1
     vals = [np.full((n, n_lev), np.nan) for _, n in grid]
     cmat = [np.full((n, n_lev), np.nan) for _, n in grid]
-    for (g, r, c, v), j in zip(entries, level):  # entries of a run are sorted by C: the later eval wins
+    for (g, r, _, c, v), j in zip(entries, level):  # a run's entries are sorted by step: the later eval wins
         vals[g][r, j], cmat[g][r, j] = v, c
+    level_min = np.array([log_c[level == j].min() for j in range(n_lev)])
     comps = np.full((len(grid), n_lev), np.nan)
     for g, cm in enumerate(cmat):
         fin = np.isfinite(cm)
@@ -444,7 +481,7 @@ def _frontier(points, metric, n_boot, confidence):
     means = _seed_means(vals)
     winners = np.argmin(means, axis=0)
     present = np.isfinite(means[winners, cols])
-    keep = starts >= float(log_c.max()) + math.log10(FRONTIER_MIN_FRACTION) - COMPUTE_TOL_DECADES
+    keep = level_min >= float(log_c.max()) + math.log10(FRONTIER_MIN_FRACTION) - COMPUTE_TOL_DECADES
 
     xs, ys = _frontier_obs(vals, comps, winners, present, keep)
     n_fit_levels = int(np.unique(xs).size)
@@ -500,7 +537,8 @@ def _frontier(points, metric, n_boot, confidence):
                               "ci_high": np.array([c[1] for c in ci]),
                               "n": np.isfinite(vals[g]).sum(axis=0)}
     frontier = {"levels": levels, "curves": curves, "x": xs, "y": ys,
-                "min_fraction": FRONTIER_MIN_FRACTION, "level_width_decades": LEVEL_WIDTH_DECADES,
+                "min_fraction": FRONTIER_MIN_FRACTION, "grouping": grouping,
+                "level_width_decades": LEVEL_WIDTH_DECADES if grouping == "compute" else None,
                 "n_runs": int(sum(n for _, n in grid))}
 
     lims.append("The frontier is built from intermediate evals of runs whose cosine learning-rate schedule spans "
@@ -761,11 +799,13 @@ def _frontier_lines(an: dict) -> list[str]:
     metric, conf = an["metric"], an["confidence"]
     out = ["### Loss vs compute: compute-efficient frontier of the learning curves", ""]
     if fr is not None:
+        group = ("by eval index (the points' evals sit at the same fractions of one budget; a final eval a few "
+                 "steps after the last regular one takes its place)" if fr["grouping"] == "eval index" else
+                 f"by compute, in levels at most {fr['level_width_decades']} decades wide (the points' evals do not "
+                 f"line up by index; a run with two evals in one level contributes the later one)")
         out += [f"Method (Kaplan et al. 2020, Fig. 1 left): every eval of every run is a point "
                 f"(C = FLOPs/token × tokens/step × step, `{metric}` at that eval, whatever the "
-                f"final/best choice above). Evals are grouped into compute levels at most "
-                f"{fr['level_width_decades']} decades wide (a run with two evals in one level contributes the "
-                f"later one). At each level the point with the lowest seed mean is on the frontier, and its "
+                f"final/best choice above). Evals are grouped into compute levels {group}. At each level the point with the lowest seed mean is on the frontier, and its "
                 f"per-seed values at its compute are the observations for L(C) = a·C^(-b) + c. Levels below "
                 f"{fr['min_fraction']:.0%} of the largest compute (warm-up) are listed but not fitted. CI on b: "
                 f"percentile bootstrap resampling seeds with replacement within each point (each run's curve "
@@ -866,9 +906,11 @@ def _plot_frontier(ax, an: dict) -> None:
         if not sel:
             continue
         ax.scatter([lv["compute"] for lv in sel], [lv["mean"] for lv in sel], s=60, zorder=4, edgecolors="k",
-                   linewidths=1.2, facecolors=[cmap[lv["winner"]] for lv in sel] if in_fit else "none",
-                   label=("frontier (best point per level)" if in_fit else
-                          f"below {fr['min_fraction']:.0%} of max compute (not fitted)"))
+                   linewidths=1.2, facecolors=[cmap[lv["winner"]] for lv in sel] if in_fit else "none")
+        # Neutral legend handle: the markers themselves take the winner's colour.
+        ax.scatter([], [], s=60, edgecolors="k", linewidths=1.2, facecolors="white" if in_fit else "none",
+                   label=("frontier: best point per level (its colour)" if in_fit else
+                          f"frontier below {fr['min_fraction']:.0%} of max compute (not fitted)"))
     if fit is not None:
         grid = np.logspace(np.log10(fit["compute_min"]) - 0.05, np.log10(fit["compute_max"]) + 0.05, 200)
         ax.plot(grid, stats.power_law(grid, fit["a"], fit["b"], fit["c"]), "k--", zorder=3,

@@ -130,3 +130,11 @@ def test_bfloat16_compute_trains(tmp_path, devices):
     cfg.model.dtype = "bfloat16"
     summary = train.train_and_evaluate(cfg, str(tmp_path), devices[:1])
     assert np.isfinite(summary["final"]["eval/loss"]) and summary["final"]["eval/bpb"] < 8.0
+
+
+def test_resumed_run_summary_keeps_earlier_evaluations(tmp_path, devices):
+    first = smoke_cfg(stop_at=3)
+    train.train_and_evaluate(first, str(tmp_path), devices[:1])
+    summary = train.train_and_evaluate(smoke_cfg(), str(tmp_path), devices[:1])
+    assert [p["step"] for p in summary["curve"]] == [3, 6]
+    assert summary["best"]["eval/loss"] == min(p["eval/loss"] for p in summary["curve"])

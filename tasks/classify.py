@@ -1,0 +1,111 @@
+"""Sequence classification with the bidirectional encoder: Long Range Arena ListOps.
+
+Each example is CLS + a ListOps expression + padding (`data/listops.py`);
+the encoder pools (CLS or mean over non-padding tokens) and a linear head
+predicts the value, 0-9. Training batches are a pure function of
+(config.seed, step), like the LM's; the data set itself is a pure function
+of `data.generator_seed` and the sizes, so seeds of a study vary the model
+and the batch order on one fixed data set, as with LRA's fixed files.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from data import listops
+from data.errors import DataError
+from models.config import ConfigError
+from models.encoder import POOLINGS, EncoderClassifier
+from sharding import axes as ax
+from tasks.base import Task, collect_aux, cross_entropy
+
+
+def validate_listops_config(config) -> None:
+    """One-line errors naming the field, before any data is generated."""
+    d, m = config.data, config.model
+    listops.check_params(num_train=d.num_train, num_val=d.num_val, min_len=d.min_len, max_len=d.max_len,
+                         max_depth=d.max_depth, max_args=d.max_args)
+    if d.seq_len < d.max_len + 1:
+        raise DataError(
+            f"data.seq_len={d.seq_len} is smaller than data.max_len + 1 = {d.max_len + 1} (the CLS token comes first)"
+        )
+    if m.causal:
+        raise ConfigError("model.causal=True: ListOps uses the bidirectional encoder; set model.causal=False")
+    if m.num_classes != listops.NUM_CLASSES:
+        raise ConfigError(f"model.num_classes={m.num_classes} must be {listops.NUM_CLASSES} for ListOps")
+    if m.vocab_size < listops.VOCAB_SIZE:
+        raise ConfigError(f"model.vocab_size={m.vocab_size} is smaller than the ListOps vocabulary ({listops.VOCAB_SIZE})")
+    if m.pooling not in POOLINGS:
+        raise ConfigError(f"model.pooling={m.pooling!r} must be one of {list(POOLINGS)}")
+
+
+class ListOpsTask(Task):
+    name = "listops"
+    flops_head = "classifier"
+
+    def __init__(self, config, process_index: int = 0, process_count: int = 1):
+        super().__init__(config, process_index, process_count)
+        validate_listops_config(config)
+        self.data = listops.from_config(config.data)
+
+    def build_model(self, rngs):
+        return EncoderClassifier(self.config.model, rngs=rngs)
+
+    # --- loss ----------------------------------------------------------------
+    def loss(self, model, batch, ctx):
+        logits_BC, aux = model(batch["inputs"], segment_ids_BT=batch["segment_ids"], ctx=ctx)
+        nll_sum, w_sum, correct = cross_entropy(logits_BC, batch["labels"], batch.get("weights"))
+        ce = nll_sum / w_sum
+        extra, aux_metrics = collect_aux(aux)
+        metrics = {"loss": ce + extra, "ce_loss": ce, "accuracy": correct / w_sum, **aux_metrics}
+        return ce + extra, metrics
+
+    # --- data ----------------------------------------------------------------
+    def batch_axes(self):
+        return {"inputs": (ax.BATCH, ax.LENGTH), "segment_ids": (ax.BATCH, ax.LENGTH),
+                "labels": (ax.BATCH,), "weights": (ax.BATCH,)}
+
+    @property
+    def tokens_per_step(self) -> int:
+        return int(self.config.data.batch_size) * int(self.config.data.seq_len)
+
+    def _rows(self, split: listops.ListOpsSplit, idx_b: np.ndarray) -> dict[str, np.ndarray]:
+        seq_len = int(self.config.data.seq_len)
+        rows_bL = split.tokens[idx_b]  # uint8 [b, max_len + 1]
+        inputs_bT = np.zeros((len(idx_b), seq_len), np.int32)
+        inputs_bT[:, :rows_bL.shape[1]] = rows_bL
+        return {"inputs": inputs_bT, "segment_ids": (inputs_bT != listops.PAD).astype(np.int32),
+                "labels": split.labels[idx_b].astype(np.int32)}
+
+    def train_batch(self, step):
+        """This process's rows of the global batch: examples drawn with replacement by (seed, step)."""
+        batch = int(self.config.data.batch_size)
+        rng = np.random.default_rng([int(self.config.seed), step])
+        idx_B = rng.integers(0, len(self.data.train), size=batch)
+        per = batch // self.process_count
+        return self._rows(self.data.train, idx_B[self.process_index * per:(self.process_index + 1) * per])
+
+    def eval_batches(self):
+        """The whole validation set once, in order; the last batch is padded with zero-weight rows.
+
+        (`data.eval_batches` does not apply: ListOps accuracy is always over the full set.)
+        """
+        d = self.config.data
+        batch = int(d.get("eval_batch_size") or d.batch_size)
+        n = len(self.data.val)
+        per = batch // self.process_count
+        sl = slice(self.process_index * per, (self.process_index + 1) * per)
+        for start in range(0, n, batch):
+            idx_B = np.arange(start, start + batch)
+            weights_B = (idx_B < n).astype(np.float32)
+            idx_B = np.minimum(idx_B, n - 1)
+            yield {**self._rows(self.data.val, idx_B[sl]), "weights": weights_B[sl]}
+
+    # --- evaluation ----------------------------------------------------------
+    def eval_sums(self, model, batch):
+        logits_BC, _ = model(batch["inputs"], segment_ids_BT=batch["segment_ids"])
+        nll_sum, w_sum, correct = cross_entropy(logits_BC, batch["labels"], batch["weights"])
+        return {"nll": nll_sum, "weight": w_sum, "correct": correct}
+
+    def eval_metrics(self, sums):
+        w = max(sums["weight"], 1.0)
+        return {"loss": sums["nll"] / w, "accuracy": sums["correct"] / w}
