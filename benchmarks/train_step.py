@@ -2,6 +2,7 @@
 
     python -m benchmarks.train_step                 # lm_tiny and the ~20M config
     python -m benchmarks.train_step --configs 20m --repeats 7 --steps 10
+    python -m benchmarks.train_step --configs lm_tiny --profile /tmp/trace   # jax.profiler trace
 
 For each config it prints tokens/s and model FLOP/s of our full train step
 (the loop's own data path, sharded jit, AdamW with clipping), MFU against a
@@ -13,6 +14,7 @@ the runs are interleaved so machine noise hits all contenders alike.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import jax
@@ -122,7 +124,17 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=10, help="steps per timed repeat")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--profile", metavar="DIR", help="write a jax.profiler trace of 3 of our steps per config "
+                   "(open in TensorBoard's profile plugin or Perfetto) and exit")
     a = p.parse_args(argv)
+    if a.profile:
+        for name in a.configs.split(","):
+            ours = Ours(CONFIGS[name]())
+            ours.run(2)  # compile outside the trace
+            with jax.profiler.trace(os.path.join(a.profile, name)):
+                ours.run(3)
+            print(f"trace of 3 '{name}' steps in {os.path.join(a.profile, name)}")
+        return
     peak = matmul_peak_flops()
     print(f"float32 matmul peak (2048^3, median of 7): {peak / 1e9:.1f} GFLOP/s on {jax.devices()[0].device_kind}")
     for name in a.configs.split(","):
