@@ -1,31 +1,48 @@
-"""Attention variants by config string (`model.attention`).
+"""Registries: implementations chosen by a config string.
 
-Variants register themselves with `@register_attention("name")`; the
-Transformer block looks the class up here, so adding a variant never
-touches the block.
+Attention variants register with `@register_attention("name")`
+(`model.attention`), feed-forward layers with `models.ffn.register_ffn`
+(`model.ffn`). The Transformer block looks classes up by name, so adding a
+variant never touches the block.
 """
 from __future__ import annotations
 
-from typing import Callable, TypeVar
-
-ATTENTION_REGISTRY: dict[str, type] = {}
+from typing import Callable, Iterator, TypeVar
 
 T = TypeVar("T", bound=type)
 
 
-def register_attention(name: str) -> Callable[[T], T]:
-    def deco(cls: T) -> T:
-        if name in ATTENTION_REGISTRY:
-            raise ValueError(f"attention type {name!r} is registered twice")
-        ATTENTION_REGISTRY[name] = cls
-        return cls
+class Registry:
+    """Name -> class, with errors that name the config field and the choices."""
 
-    return deco
+    def __init__(self, kind: str, field: str):
+        self.kind, self.field = kind, field
+        self._classes: dict[str, type] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def deco(cls: T) -> T:
+            if name in self._classes:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._classes[name] = cls
+            return cls
+
+        return deco
+
+    def get(self, name: str) -> type:
+        if name not in self._classes:
+            raise KeyError(f"{self.field}={name!r} is not a known {self.kind}; choose one of {sorted(self._classes)}")
+        return self._classes[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._classes
+
+    def __getitem__(self, name: str) -> type:
+        return self.get(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._classes))
 
 
-def get_attention(name: str) -> type:
-    if name not in ATTENTION_REGISTRY:
-        raise KeyError(
-            f"model.attention={name!r} is not a known attention type; choose one of {sorted(ATTENTION_REGISTRY)}"
-        )
-    return ATTENTION_REGISTRY[name]
+ATTENTION_REGISTRY = Registry("attention type", "model.attention")
+register_attention = ATTENTION_REGISTRY.register
+get_attention = ATTENTION_REGISTRY.get

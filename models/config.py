@@ -55,12 +55,11 @@ def _positive_int(cfg, field: str) -> int:
 def validate_model_config(cfg) -> None:
     for field in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff"):
         _positive_int(cfg, field)
-    if cfg.attention not in ATTENTION_REGISTRY:
-        raise ConfigError(
-            f"model.attention={cfg.attention!r} is not a known attention type; choose one of {sorted(ATTENTION_REGISTRY)}"
-        )
-    if cfg.ffn not in FFN_REGISTRY:
-        raise ConfigError(f"model.ffn={cfg.ffn!r} is not a known FFN type; choose one of {sorted(FFN_REGISTRY)}")
+    for registry, name in ((ATTENTION_REGISTRY, cfg.attention), (FFN_REGISTRY, cfg.ffn)):
+        try:
+            registry.get(name)
+        except KeyError as e:
+            raise ConfigError(e.args[0]) from None
     if cfg.activation not in ACTIVATIONS:
         raise ConfigError(f"model.activation={cfg.activation!r} must be one of {list(ACTIVATIONS)}")
     if cfg.dtype not in ("float32", "bfloat16"):

@@ -6,35 +6,19 @@ treats all of them alike.
 """
 from __future__ import annotations
 
-from typing import Callable, TypeVar
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from attention.base import dtype_of
 from attention.linear import linear
+from attention.registry import Registry
 from sharding import axes as ax
 from sharding.axes import constrain
 
-FFN_REGISTRY: dict[str, type] = {}
-T = TypeVar("T", bound=type)
-
-
-def register_ffn(name: str) -> Callable[[T], T]:
-    def deco(cls: T) -> T:
-        if name in FFN_REGISTRY:
-            raise ValueError(f"FFN type {name!r} is registered twice")
-        FFN_REGISTRY[name] = cls
-        return cls
-
-    return deco
-
-
-def get_ffn(name: str) -> type:
-    if name not in FFN_REGISTRY:
-        raise KeyError(f"model.ffn={name!r} is not a known FFN type; choose one of {sorted(FFN_REGISTRY)}")
-    return FFN_REGISTRY[name]
+FFN_REGISTRY = Registry("FFN type", "model.ffn")
+register_ffn = FFN_REGISTRY.register
+get_ffn = FFN_REGISTRY.get
 
 
 ACTIVATIONS = ("gelu", "swiglu")
