@@ -100,9 +100,22 @@ def _nanmean(vals) -> float:
 def analyze(records: list[dict], baseline: str | None = None, metric: str = "eval/bpb",
             correction: str = "holm", use: str = "final", confidence: float = 0.95,
             n_boot: int = 1000) -> dict:
-    """Per-point summaries, comparisons against the baseline and the power-law fit.
+    """Per-point summaries, comparisons against the baseline and the power-law fits.
 
     Returns a plain dict (see ``render_markdown`` for how it is presented).
+    Besides the per-run compute fit (``fit``, ``fit_note``) it holds:
+
+    - ``frontier``: None unless the points span < 3 compute values; else dict(levels
+      (per compute level: compute, winner, mean, ci_low, ci_high, n, runner_up, margin,
+      win_share, in_fit, excluded, n_points), curves ({point: compute, mean, ci_low,
+      ci_high, n per level}), x, y (the fit's observations), grouping, min_fraction,
+      level_width_decades, n_runs). ``frontier_fit``: ``stats.fit_power_law``'s dict
+      with the seed-bootstrap CI on b and n_levels, n_obs, compute_min, compute_max,
+      span_decades, ci_method; None if not fitted. ``frontier_note``: one line.
+    - ``param_fit`` / ``param_fit_note``: L(N) at matched compute (fit dict with
+      n_params, n_obs, compute, ci_method), None when not applicable; ``matched_compute``:
+      the common train FLOPs when every run has the same compute, else None.
+
     Raises ReportError for unusable input.
     """
     if use not in ("final", "best"):
@@ -434,8 +447,10 @@ def _frontier(points, metric, n_boot, confidence):
        contributes its later one.
     3. At each level the point with the lowest seed-mean is the frontier; its
        per-seed values, at its compute, are the observations of the fit.
-    4. Levels below FRONTIER_MIN_FRACTION of the largest compute are dropped
-       from the fit (warm-up), but stay in the table.
+    4. Levels below FRONTIER_MIN_FRACTION of the largest compute (warm-up) and
+       incomplete levels (a point whose curve spans the level's compute has no
+       eval in it, so its best point need not be on the frontier) are dropped
+       from the fit, but stay in the table.
     5. CI on b: seeds are resampled with replacement within each point (a
        resampled run keeps its whole curve, so levels stay correlated as in the
        data), the frontier is recomputed (the winner may change) and refitted;
@@ -481,13 +496,22 @@ def _frontier(points, metric, n_boot, confidence):
     means = _seed_means(vals)
     winners = np.argmin(means, axis=0)
     present = np.isfinite(means[winners, cols])
-    keep = level_min >= float(log_c.max()) + math.log10(FRONTIER_MIN_FRACTION) - COMPUTE_TOL_DECADES
+    early = level_min < float(log_c.max()) + math.log10(FRONTIER_MIN_FRACTION) - COMPUTE_TOL_DECADES
+    # A level is incomplete when a point whose curve spans its compute has no eval in it (evals that do not
+    # line up, compute grouping only): its best point need not be on the frontier, so it is not fitted.
+    pts = np.array([e[0] for e in entries])
+    span_lo = np.array([log_c[pts == g].min() for g in range(len(grid))])
+    span_hi = np.array([log_c[pts == g].max() for g in range(len(grid))])
+    centre = np.array([log_c[level == j].mean() for j in range(n_lev)])
+    covers = (span_lo[:, None] <= centre[None, :]) & (centre[None, :] <= span_hi[:, None])
+    incomplete = np.any(covers & ~np.isfinite(means), axis=0)
+    keep = ~early & ~incomplete
 
     xs, ys = _frontier_obs(vals, comps, winners, present, keep)
     n_fit_levels = int(np.unique(xs).size)
     fit, note = None, None
     if n_fit_levels < 3:
-        note = (f"Frontier fit skipped: {n_fit_levels} compute level(s) at or above "
+        note = (f"Frontier fit skipped: {n_fit_levels} complete compute level(s) at or above "
                 f"{FRONTIER_MIN_FRACTION:.0%} of the largest compute (need 3).")
     else:
         try:
@@ -510,7 +534,7 @@ def _frontier(points, metric, n_boot, confidence):
         if np.unique(xb).size < 3:
             continue
         try:
-            boot.append(stats.fit_power_law(xb, yb, n_boot=0, seed=0, confidence=confidence)["b"])
+            boot.append(stats.refit_power_law(xb, yb, fit)["b"])
         except (RuntimeError, ValueError):
             continue
 
@@ -528,7 +552,8 @@ def _frontier(points, metric, n_boot, confidence):
                        "runner_up": grid[order[0]][0]["point"] if order else None,
                        "margin": float(means[order[0], j] - means[w, j]) if order else float("nan"),
                        "win_share": float(same_winner[j] / n_boot) if n_boot else float("nan"),
-                       "in_fit": bool(keep[j]), "n_points": int(np.isfinite(means[:, j]).sum())})
+                       "in_fit": bool(keep[j]), "n_points": int(np.isfinite(means[:, j]).sum()),
+                       "excluded": ("below min fraction" if early[j] else "incomplete" if incomplete[j] else None)})
     curves = {}
     for g, (p, _) in enumerate(grid):
         m = np.where(np.isfinite(means[g]), means[g], np.nan)
@@ -553,10 +578,11 @@ def _frontier(points, metric, n_boot, confidence):
         lims.append(f"At {len(unstable)} frontier level(s) (C = {', '.join(_g(lv['compute']) for lv in unstable)}) "
                     f"the best point changes in more than 20% of the bootstrap resamples: there the leading "
                     f"points are within seed noise of each other.")
-    partial = [lv for lv in levels if lv["in_fit"] and lv["n_points"] < len(grid)]
+    partial = [lv for lv in levels if lv["excluded"] == "incomplete"]
     if partial:
-        lims.append(f"At {len(partial)} frontier level(s) not every point has an eval; the frontier there is the "
-                    f"best of the points that have one.")
+        lims.append(f"{len(partial)} compute level(s) (C = {', '.join(_g(lv['compute']) for lv in partial)}) are "
+                    f"left out of the frontier fit: a point whose learning curve spans that compute has no eval "
+                    f"there, so the best point at that level may not be on the frontier.")
     top = max(levels, key=lambda lv: lv["compute"])
     pn = {p["point"]: p["params"] for p, _ in grid if math.isfinite(p["params"])}
     if len(set(pn.values())) >= 2 and top["winner"] in pn:
@@ -577,11 +603,12 @@ def _frontier(points, metric, n_boot, confidence):
     fit.update(b_ci_low=lo, b_ci_high=hi, n_boot=int(n_boot), n_boot_ok=len(boot), n_levels=n_fit_levels,
                n_obs=int(xs.size), compute_min=xmin, compute_max=xmax, span_decades=span,
                ci_method="percentile bootstrap over seeds within each point")
-    n_drop = int(np.sum(present & ~keep))
+    n_early, n_incomplete = int(np.sum(present & early)), int(np.sum(present & ~early & incomplete))
     note = (f"Fitted {metric} = a·C^(-b) + c on the compute-efficient frontier: {xs.size} per-seed observations "
             f"at {n_fit_levels} compute levels from {xmin:.3g} to {xmax:.3g} FLOPs ({span:.2f} decades"
-            + (f"; {n_drop} level(s) below {FRONTIER_MIN_FRACTION:.0%} of the largest compute left out" if n_drop
+            + (f"; {n_early} level(s) below {FRONTIER_MIN_FRACTION:.0%} of the largest compute left out" if n_early
                else "")
+            + (f"; {n_incomplete} incomplete level(s) left out" if n_incomplete else "")
             + f"): a = {fit['a']:.4g}, b = {fit['b']:.4f} ({confidence:.0%} bootstrap CI "
             f"[{lo:.4f}, {hi:.4f}], {len(boot)}/{n_boot} refits resampling seeds within each point), "
             f"c = {fit['c']:.4g}.")
@@ -645,7 +672,7 @@ def _param_fit(points, metric, use, n_boot, confidence):
         xb = np.concatenate([g[1][i] for g, i in zip(groups, idx)])
         yb = np.concatenate([g[2][i] for g, i in zip(groups, idx)])
         try:
-            boot.append(stats.fit_power_law(xb, yb, n_boot=0, seed=0, confidence=confidence)["b"])
+            boot.append(stats.refit_power_law(xb, yb, fit)["b"])
         except (RuntimeError, ValueError):
             continue
     lo, hi = _percentile(boot, confidence)
@@ -801,13 +828,15 @@ def _frontier_lines(an: dict) -> list[str]:
     if fr is not None:
         group = ("by eval index (the points' evals sit at the same fractions of one budget; a final eval a few "
                  "steps after the last regular one takes its place)" if fr["grouping"] == "eval index" else
-                 f"by compute, in levels at most {fr['level_width_decades']} decades wide (the points' evals do not "
+                 f"by compute, each at most {fr['level_width_decades']} decades wide (the points' evals do not "
                  f"line up by index; a run with two evals in one level contributes the later one)")
         out += [f"Method (Kaplan et al. 2020, Fig. 1 left): every eval of every run is a point "
                 f"(C = FLOPs/token × tokens/step × step, `{metric}` at that eval, whatever the "
-                f"final/best choice above). Evals are grouped into compute levels {group}. At each level the point with the lowest seed mean is on the frontier, and its "
-                f"per-seed values at its compute are the observations for L(C) = a·C^(-b) + c. Levels below "
-                f"{fr['min_fraction']:.0%} of the largest compute (warm-up) are listed but not fitted. CI on b: "
+                f"final/best choice above). Evals are grouped into compute levels {group}. At each level "
+                f"the point with the lowest seed mean is on the frontier, and its per-seed values at its compute "
+                f"are the observations for L(C) = a·C^(-b) + c. Levels below {fr['min_fraction']:.0%} of the "
+                f"largest compute (warm-up), and levels where a point whose curve spans that compute has no eval, "
+                f"are listed but not fitted. CI on b: "
                 f"percentile bootstrap resampling seeds with replacement within each point (each run's curve "
                 f"kept whole), recomputing the frontier and refitting; with few seeds per point it is somewhat "
                 f"narrower than the true uncertainty. \"Same winner\" is the share of those resamples in which "
@@ -827,8 +856,11 @@ def _frontier_lines(an: dict) -> list[str]:
                 ms = f"{lv['mean']:.4f} (no CI)"
             nxt = (f"`{_esc(lv['runner_up'])}` (+{lv['margin']:.3g})" if lv["runner_up"] is not None else "–")
             share = f"{lv['win_share']:.0%}" if math.isfinite(lv["win_share"]) else "n/a"
+            fitted = ("yes" if lv["in_fit"] else
+                      f"no (< {fr['min_fraction']:.0%} of max)" if lv["excluded"] == "below min fraction" else
+                      "no (incomplete)")
             out.append(f"| {lv['compute']:.3g} | `{_esc(lv['winner'])}` | {ms} | {lv['n']} | {nxt} | {share} | "
-                       f"{'yes' if lv['in_fit'] else 'no'} |")
+                       f"{fitted} |")
         out.append("")
     return out
 
@@ -910,7 +942,7 @@ def _plot_frontier(ax, an: dict) -> None:
         # Neutral legend handle: the markers themselves take the winner's colour.
         ax.scatter([], [], s=60, edgecolors="k", linewidths=1.2, facecolors="white" if in_fit else "none",
                    label=("frontier: best point per level (its colour)" if in_fit else
-                          f"frontier below {fr['min_fraction']:.0%} of max compute (not fitted)"))
+                          "best point, level not fitted"))
     if fit is not None:
         grid = np.logspace(np.log10(fit["compute_min"]) - 0.05, np.log10(fit["compute_max"]) + 0.05, 200)
         ax.plot(grid, stats.power_law(grid, fit["a"], fit["b"], fit["c"]), "k--", zorder=3,

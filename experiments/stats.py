@@ -22,6 +22,7 @@ __all__ = [
     "correct_pvalues",
     "power_law",
     "fit_power_law",
+    "refit_power_law",
     "steps_for_budget",
 ]
 
@@ -329,6 +330,34 @@ def fit_power_law(x, y, n_boot: int = 1000, seed: int = 0, confidence: float = 0
         "n_boot": int(n_boot), "n_boot_ok": len(boot),
         "b_at_bound": bool(b <= 1e-6 or b >= _B_MAX - 1e-6),
     }
+
+
+def refit_power_law(x, y, start: dict) -> dict:
+    """Refit L(C) = a · C^(-b) + c starting from an earlier fit's parameters.
+
+    For bootstrap loops that resample the data ``start`` (a ``fit_power_law``
+    result, or any dict with log_a, b, c) was fitted to: the same warm start
+    ``fit_power_law`` uses for its own bootstrap, without the initial-guess
+    search and without a CI. Same parametrization and bounds.
+
+    Returns dict(a, b, c, log_a). Raises ValueError for < 3 distinct x,
+    non-positive x or non-finite data; RuntimeError if the fit does not converge.
+    """
+    x = np.asarray(x, dtype=float).reshape(-1)
+    y = np.asarray(y, dtype=float).reshape(-1)
+    if x.size != y.size:
+        raise ValueError(f"x and y must have the same length, got {x.size} and {y.size}")
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        raise ValueError("x and y must be finite for a power-law fit")
+    if np.any(x <= 0):
+        raise ValueError(f"x must be positive for a power-law fit, got min {x.min():g}")
+    if np.unique(x).size < 3:
+        raise ValueError(f"need at least 3 distinct x values for a power-law fit, got {np.unique(x).size}")
+    lx0 = float(np.mean(np.log(x)))
+    b0 = float(np.clip(start["b"], 0.0, _B_MAX))
+    p0 = (float(start["log_a"]) - b0 * lx0, b0, max(float(start["c"]), 0.0))
+    log_amp, b, c = (float(v) for v in _fit(np.log(x) - lx0, y, p0))
+    return {"a": math.exp(log_amp + b * lx0), "b": b, "c": c, "log_a": log_amp + b * lx0}
 
 
 def steps_for_budget(mode: str, value: float, flops_per_token: float, tokens_per_step: int) -> int:

@@ -368,6 +368,206 @@ def test_all_single_seed_still_reports(tmp_path):
     assert "Fewer than 5 seeds" in md
 
 
+# ----------------------------------------------------------------- frontier and L(N) at matched compute
+
+FRONTIER_BUDGET = 1e8
+# name: (params, steps, log10(C / budget) range on which this size's curve touches the law).
+# Trainer-like eval schedules (every steps // 10 steps, plus the last step). With 119 steps, "large"
+# evaluates at 0.0924 k of the budget (3.4% off the others) and once more 9 steps after its 10th eval.
+FRONTIER_SIZES = {"small": (1e3, 2003, (-1.2, -0.6)), "medium": (4e3, 517, (-0.6, -0.26)),
+                  "large": (1.6e4, 119, (-0.26, 0.1))}
+FRONTIER_WINNERS = ["small"] * 2 + ["medium"] * 3 + ["large"] * 5  # at 0.1, 0.2, ..., 1.0 of the budget
+
+
+def _frontier_law(c):
+    return 2.0 + 50.0 * c ** -0.25
+
+
+def _frontier_records(rng, sizes=FRONTIER_SIZES, seeds=range(5), evals=10, budget=FRONTIER_BUDGET):
+    """FLOPs-matched grid: every curve sits on 2 + 50 C^-0.25 within its size's compute range and above it
+    (by its distance in decades from that range) elsewhere, so the true frontier is that law and the best
+    size changes with compute. A per-seed effect shared by all sizes and small run noise on top."""
+    seed_effect = rng.normal(0, 0.01, max(seeds) + 1)
+    recs = []
+    for name, (n, steps, (lo, hi)) in sizes.items():
+        fpt = 6.0 * n
+        tokens = int(budget // fpt)
+        every = max(1, steps // evals)
+        at = list(range(every, steps + 1, every))
+        if at[-1] != steps:
+            at.append(steps)
+        for s in seeds:
+            run = seed_effect[s] + rng.normal(0, 0.003)
+            curve = []
+            for step in at:
+                c = fpt * tokens / steps * step
+                lf = math.log10(c / budget)
+                v = _frontier_law(c) + max(0.0, lo - lf, lf - hi) + run + rng.normal(0, 0.003)
+                curve.append({"step": step, "eval/bpb": v, "eval/loss": v * math.log(2)})
+            recs.append({"study": "frontier", "point": name, "seed": s, "budget": {"mode": "flops", "value": budget},
+                         "steps": steps, "tokens": tokens, "params": n, "flops_per_token": fpt,
+                         "train_flops": fpt * tokens, "final": {k: v for k, v in curve[-1].items() if k != "step"},
+                         "best": {m: min(e[m] for e in curve) for m in ("eval/bpb", "eval/loss")},
+                         "curve": curve, "data_order": "seed"})
+    return recs
+
+
+def test_frontier_recovers_law_and_best_size_per_compute():
+    recs = _frontier_records(np.random.default_rng(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        an = report.analyze(recs, n_boot=200)
+    assert an["fit"] is None  # one compute value: no per-run fit
+    fr, fit = an["frontier"], an["frontier_fit"]
+    assert fr["grouping"] == "eval index"
+    levels = fr["levels"]
+    assert [lv["winner"] for lv in levels] == FRONTIER_WINNERS
+    assert all(lv["in_fit"] and lv["n"] == 5 and lv["n_points"] == 3 and lv["win_share"] >= 0.95 for lv in levels)
+    for k, lv in enumerate(levels, start=1):
+        assert lv["compute"] == pytest.approx(k / 10 * FRONTIER_BUDGET, rel=0.08)
+        assert lv["mean"] == pytest.approx(_frontier_law(lv["compute"]), abs=0.02)  # on the law
+        assert lv["ci_low"] < lv["mean"] < lv["ci_high"]
+    assert levels[5]["runner_up"] == "medium" and levels[5]["margin"] > 0.01
+    # the 119-step size's final eval (not its eval at step 110) is its value at the last level
+    assert levels[-1]["mean"] == pytest.approx(np.mean([r["final"]["eval/bpb"] for r in recs if r["point"] == "large"]),
+                                               rel=1e-12)
+    assert fit["n_levels"] == 10 and fit["n_obs"] == 50 and fr["x"].size == 50
+    assert fit["n_boot"] == 200 and fit["n_boot_ok"] == 200
+    assert fit["b"] == pytest.approx(0.25, abs=0.05)
+    assert fit["b_ci_low"] <= 0.25 <= fit["b_ci_high"]
+    assert fit["b_ci_high"] - fit["b_ci_low"] < 0.15
+    assert fit["span_decades"] == pytest.approx(1.0, abs=0.05)
+    one, two = (report.analyze(recs, n_boot=20)["frontier_fit"] for _ in range(2))  # fixed bootstrap seed
+    assert (one["b_ci_low"], one["b_ci_high"]) == (two["b_ci_low"], two["b_ci_high"])
+
+
+def test_frontier_drops_warmup_levels_with_dense_evals():
+    sizes = dict(FRONTIER_SIZES, large=(1.6e4, 480, (-0.26, 0.1)))
+    an = report.analyze(_frontier_records(np.random.default_rng(1), sizes=sizes, evals=20), n_boot=20)
+    levels = an["frontier"]["levels"]
+    assert an["frontier"]["grouping"] == "eval index"
+    assert len(levels) == 20  # 0.95 and 1.0 of the budget are 0.022 decades apart, still two levels
+    assert [lv["in_fit"] for lv in levels] == [False] + [True] * 19  # 5% of the budget: warm-up
+    assert levels[0]["excluded"] == "below min fraction" and levels[1]["excluded"] is None
+    assert an["frontier_fit"]["n_levels"] == 19
+    assert "1 level(s) below 10% of the largest compute left out" in an["frontier_note"]
+    assert an["frontier_fit"]["b_ci_low"] <= 0.25 <= an["frontier_fit"]["b_ci_high"]
+
+
+def test_frontier_flags_unstable_winners():
+    # "a" and "b" share one curve (and "c" joins them from 55% of the budget): who wins a level is seed noise
+    sizes = {"a": (1e3, 500, (-1.2, 0.1)), "b": (2e3, 250, (-1.2, 0.1)), "c": (4e3, 125, (-0.26, 0.1))}
+    an = report.analyze(_frontier_records(np.random.default_rng(0), sizes=sizes), n_boot=50)
+    levels = an["frontier"]["levels"]
+    assert {lv["winner"] for lv in levels[:5]} <= {"a", "b"}
+    assert sum(lv["win_share"] < 0.8 for lv in levels) >= 5
+    assert any("the best point changes in more than 20% of the bootstrap resamples" in x for x in an["limitations"])
+
+
+def test_frontier_report_sections_and_plots(tmp_path):
+    for r in _frontier_records(np.random.default_rng(0)):
+        append_result(tmp_path / "results.jsonl", r)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        md = report.write_report(tmp_path, n_boot=100).read_text()
+    fit = _section(md, "Scaling fit")
+    assert "Power-law fit skipped: 1 distinct compute value(s)" in fit
+    front = fit.split("### Loss vs compute: compute-efficient frontier of the learning curves\n", 1)[1]
+    front = front.split("### ", 1)[0]
+    assert "Kaplan et al. 2020" in front and "by eval index" in front
+    m = re.search(r"50 per-seed observations at 10 compute levels .*b = ([\d.]+) \(95% bootstrap CI "
+                  r"\[([\d.]+), ([\d.]+)\], 100/100 refits resampling seeds within each point\)", front)
+    assert m, front
+    assert float(m[2]) <= 0.25 <= float(m[3])
+    rows = [l for l in front.splitlines() if l.startswith("| ") and not l.startswith("| compute")]
+    assert len(rows) == 10
+    cells = [[c.strip() for c in r.strip("|").split("|")] for r in rows]
+    assert [c[1] for c in cells] == [f"`{w}`" for w in FRONTIER_WINNERS]
+    assert all(c[3] == "5" and c[6] == "yes" for c in cells)
+    assert float(cells[-1][0]) == pytest.approx(FRONTIER_BUDGET, rel=0.01)
+    par = fit.split("### Loss vs parameters at matched compute\n", 1)[1]
+    assert "at matched compute C = 1e+08 FLOPs over 15 runs at 3 parameter counts (final values)" in par
+    lim = _section(md, "Limitations")
+    assert "intermediate evals of runs whose cosine learning-rate schedule" in lim
+    assert "upper bound on the achievable loss" in lim
+    assert "Power-law fit skipped" not in lim  # replaced by the frontier fit
+    assert "The parameter fit has 3 parameters and only 3 parameter counts" in lim
+    assert "![eval/bpb vs parameters](metric_vs_params.png)" in md
+    for png in ("metric_vs_compute.png", "metric_vs_params.png", "curves.png"):
+        data = (tmp_path / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_frontier_plot_shows_mean_curves_frontier_and_fit():
+    from matplotlib.figure import Figure
+    an = report.analyze(_frontier_records(np.random.default_rng(0)), n_boot=20)
+    ax = Figure().add_subplot(1, 1, 1)
+    report.plot_metric_vs_compute(ax, an)
+    lines = {l.get_label(): l for l in ax.get_lines()}
+    for name in FRONTIER_SIZES:
+        assert len(lines[name].get_xdata()) == 10  # the point's mean learning curve
+    fit_label = next(k for k in lines if k.startswith("frontier fit"))
+    b = an["frontier_fit"]
+    assert f"b = {b['b']:.3f} [{b['b_ci_low']:.3f}, {b['b_ci_high']:.3f}]" in fit_label
+    assert ax.get_xscale() == "log"
+    marks = [c for c in ax.collections if len(c.get_offsets()) == 10]
+    assert marks, "frontier points not drawn"
+
+
+def _param_records(values: dict, seeds=range(5), budget=1e13, rng=None):
+    """Matched-compute runs without curves: point N=<params>, final eval/bpb = values[params] + seed effects."""
+    rng = rng or np.random.default_rng(0)
+    seed_effect = rng.normal(0, 0.01, max(seeds) + 1)
+    recs = []
+    for n, mean in values.items():
+        fpt = 6.0 * n
+        tokens = int(budget // fpt)
+        for s in seeds:
+            v = mean + seed_effect[s] + rng.normal(0, 0.003)
+            recs.append({"study": "params", "point": f"N={n:.0e}", "seed": s,
+                         "budget": {"mode": "flops", "value": budget}, "steps": 100, "tokens": tokens, "params": n,
+                         "flops_per_token": fpt, "train_flops": fpt * tokens, "final": {"eval/bpb": v},
+                         "best": {"eval/bpb": v}, "data_order": "seed"})
+    return recs
+
+
+def test_param_fit_at_matched_compute_recovers_exponent():
+    ns = (1e4, 3e4, 1e5, 3e5, 1e6)
+    an = report.analyze(_param_records({n: 1.5 + 30.0 * n ** -0.35 for n in ns}), n_boot=200)
+    fit = an["param_fit"]
+    assert an["matched_compute"] == pytest.approx(1e13, rel=1e-3)
+    assert fit["n_params"] == 5 and fit["n_obs"] == 25 and fit["n_boot_ok"] == 200
+    assert fit["b"] == pytest.approx(0.35, abs=0.03)
+    assert fit["b_ci_low"] <= 0.35 <= fit["b_ci_high"] and fit["b_ci_high"] - fit["b_ci_low"] < 0.1
+    assert fit["c"] == pytest.approx(1.5, abs=0.05)
+    assert "at matched compute C = 1e+13 FLOPs over 25 runs at 5 parameter counts" in an["param_fit_note"]
+    assert an["frontier"] is None and an["frontier_fit"] is None
+    assert "no run has a `eval/bpb` learning curve" in an["frontier_note"]
+    assert not any("lowest mean" in x for x in an["limitations"])
+    md = report.render_markdown(an)
+    assert "### Loss vs parameters at matched compute" in md and "IsoFLOP" in md
+
+
+def test_param_fit_flags_isoflop_minimum():
+    an = report.analyze(_param_records({1e4: 2.3, 3e4: 2.05, 1e5: 1.9, 3e5: 1.95, 1e6: 2.1}), n_boot=50)
+    assert any("the lowest mean eval/bpb is at `N=1e+05` (N = 100K), not at the largest model" in x
+               for x in an["limitations"])
+
+
+def test_param_fit_needs_three_sizes_and_matched_compute(tmp_path):
+    an = report.analyze(_param_records({1e4: 2.3, 1e5: 1.9}), n_boot=20)
+    assert an["param_fit"] is None
+    assert an["param_fit_note"].startswith("Parameter fit skipped: 2 distinct parameter counts at matched compute")
+    # tokens-matched grid over 4 compute values: the per-run compute fit as before, no frontier, no L(N)
+    recs = _write_study(tmp_path, points=POINTS4)
+    an = report.analyze(recs, n_boot=50)
+    assert an["fit"] is not None
+    for k in ("frontier", "frontier_fit", "frontier_note", "param_fit", "param_fit_note", "matched_compute"):
+        assert an[k] is None, k
+    md = report.render_markdown(an)
+    assert "### Loss vs" not in md and "metric_vs_params.png" not in md
+
+
 # ----------------------------------------------------------------- notebook
 
 @pytest.mark.slow
