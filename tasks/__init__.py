@@ -1,8 +1,9 @@
 """Tasks by config string (`config.task`)."""
 from tasks.base import Task
+from tasks.classify import ListOpsTask
 from tasks.lm import LMTask
 
-TASKS: dict[str, type[Task]] = {"lm": LMTask}
+TASKS: dict[str, type[Task]] = {"lm": LMTask, "listops": ListOpsTask}
 
 
 def get_task(name: str) -> type[Task]:
@@ -13,4 +14,4 @@ def get_task(name: str) -> type[Task]:
     return TASKS[name]
 
 
-__all__ = ["Task", "LMTask", "TASKS", "get_task"]
+__all__ = ["Task", "LMTask", "ListOpsTask", "TASKS", "get_task"]

@@ -33,7 +33,9 @@ def validate_listops_config(config) -> None:
     if m.num_classes != listops.NUM_CLASSES:
         raise ConfigError(f"model.num_classes={m.num_classes} must be {listops.NUM_CLASSES} for ListOps")
     if m.vocab_size < listops.VOCAB_SIZE:
-        raise ConfigError(f"model.vocab_size={m.vocab_size} is smaller than the ListOps vocabulary ({listops.VOCAB_SIZE})")
+        raise ConfigError(
+            f"model.vocab_size={m.vocab_size} is smaller than the ListOps vocabulary ({listops.VOCAB_SIZE})"
+        )
     if m.pooling not in POOLINGS:
         raise ConfigError(f"model.pooling={m.pooling!r} must be one of {list(POOLINGS)}")
 

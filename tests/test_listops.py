@@ -1,0 +1,167 @@
+"""ListOps: the generator against an independent evaluator, the task's batches, a smoke run, bad configs."""
+import numpy as np
+import pytest
+
+import tasks
+import train
+from data import listops
+from data.errors import DataError
+from experiments.listops import get_config
+from models.config import ConfigError
+from tasks.classify import ListOpsTask
+
+tasks.TASKS.setdefault("listops", ListOpsTask)
+
+SMALL = dict(min_len=20, max_len=120, max_depth=10, max_args=10)
+
+
+@pytest.fixture(scope="module")
+def split():
+    return listops.generate(300, seed=3, **SMALL)
+
+
+def test_generator_is_deterministic_and_seed_dependent(split):
+    again = listops.generate(300, seed=3, **SMALL)
+    for a, b in ((split.tokens, again.tokens), (split.lengths, again.lengths), (split.labels, again.labels)):
+        np.testing.assert_array_equal(a, b)
+    other = listops.generate(300, seed=4, **SMALL)
+    assert not np.array_equal(split.tokens, other.tokens)
+
+
+def test_labels_agree_with_independent_evaluator(split):
+    for row, label in zip(split.tokens, split.labels):
+        assert listops.evaluate_text(listops.decode(row)) == label
+    # Every class and every operator shows up.
+    assert set(np.unique(split.labels)) == set(range(10))
+    assert set(listops.OPERATORS) <= set(np.unique(split.tokens))
+
+
+def test_evaluator_on_hand_examples():
+    assert listops.evaluate_text("[MAX 2 9 [MIN 4 7 ] 0 ]") == 9
+    assert listops.evaluate_text("[MED 1 2 ]") == 1  # int(np.median): 1.5 -> 1, as in LRA
+    assert listops.evaluate_text("[MED 3 [SM 5 6 ] 8 ]") == 3
+    assert listops.evaluate_text("[SM 9 9 9 ]") == 7
+    assert listops.tree_shape("[MAX 2 9 [MIN 4 7 ] 0 ]") == (3, 2, 4)
+
+
+def test_lengths_layout_depth_and_arity(split):
+    assert split.tokens.shape == (300, SMALL["max_len"] + 1) and split.tokens.dtype == np.uint8
+    assert ((split.lengths >= SMALL["min_len"]) & (split.lengths <= SMALL["max_len"])).all()
+    assert (split.tokens[:, 0] == listops.CLS).all()
+    nonpad = (split.tokens != listops.PAD).sum(1)
+    np.testing.assert_array_equal(nonpad, split.lengths + 1)  # CLS + expression, then only padding
+    depths = []
+    for row in split.tokens:
+        depth, lo, hi = listops.tree_shape(listops.decode(row))
+        assert depth <= SMALL["max_depth"] and 2 <= lo and hi <= SMALL["max_args"]
+        depths.append(depth)
+    assert max(depths) >= 5
+    assert len({r.tobytes() for r in split.tokens}) == len(split)  # distinct
+
+
+def test_depth_and_arity_limits_are_configurable():
+    s = listops.generate(100, seed=0, min_len=4, max_len=60, max_depth=3, max_args=4)
+    for row in s.tokens:
+        depth, lo, hi = listops.tree_shape(listops.decode(row))
+        assert depth <= 3 and 2 <= lo and hi <= 4
+
+
+def test_vocabulary_round_trip():
+    assert listops.VOCAB_SIZE == 17 and listops.PAD == 0 and listops.CLS == 1
+    assert sorted(listops.ID_TO_TOKEN) == list(range(listops.VOCAB_SIZE))
+    text = "[SM [MED 0 1 2 ] [MIN 3 4 ] [MAX 5 6 7 8 9 ] ]"
+    ids = listops.encode(text)
+    assert listops.decode(ids) == text
+    assert listops.decode(np.concatenate([[listops.CLS], ids, [listops.PAD] * 3])) == text
+    with pytest.raises(DataError, match="unknown token"):
+        listops.encode("[FIRST 1 2 ]")
+
+
+def test_train_and_val_are_disjoint_and_cached():
+    kw = dict(seed=1, num_train=200, num_val=50, **SMALL)
+    d = listops.load(**kw)
+    assert listops.load(**kw) is d
+    assert not ({r.tobytes() for r in d.train.tokens} & {r.tobytes() for r in d.val.tokens})
+    assert len(d.train) == 200 and len(d.val) == 50
+
+
+def _task(process_index=0, process_count=1, **data):
+    c = get_config("smoke")
+    c.data.update(data)
+    return ListOpsTask(c, process_index, process_count)
+
+
+def test_train_batches_deterministic_and_process_slices_assemble():
+    task = _task()
+    b = task.train_batch(5)
+    assert b["inputs"].shape == (8, 32) and b["inputs"].dtype == np.int32
+    assert b["labels"].shape == (8,) and b["labels"].dtype == np.int32
+    np.testing.assert_array_equal(b["segment_ids"], (b["inputs"] != 0).astype(np.int32))
+    assert (b["inputs"][:, 0] == listops.CLS).all()
+    for k in b:
+        np.testing.assert_array_equal(b[k], _task().train_batch(5)[k])
+    assert not np.array_equal(b["inputs"], task.train_batch(6)["inputs"])
+    parts = [_task(i, 4).train_batch(5) for i in range(4)]
+    for k in b:
+        np.testing.assert_array_equal(np.concatenate([p[k] for p in parts]), b[k])
+    for row, label in zip(b["inputs"], b["labels"]):
+        assert listops.evaluate_text(listops.decode(row)) == label
+
+
+def test_eval_covers_validation_once_with_zero_weight_padding():
+    task = _task(num_val=21)  # 3 batches of 8, 3 padding rows
+    batches = list(task.eval_batches())
+    assert len(batches) == 3
+    w = np.concatenate([b["weights"] for b in batches])
+    assert w.dtype == np.float32 and w.sum() == 21 and (w[:21] == 1).all() and (w[21:] == 0).all()
+    inputs = np.concatenate([b["inputs"] for b in batches])[:21]
+    val = task.data.val
+    np.testing.assert_array_equal(inputs[:, :val.tokens.shape[1]], val.tokens)
+    np.testing.assert_array_equal(np.concatenate([b["labels"] for b in batches])[:21], val.labels)
+    per_process = [list(_task(i, 2, num_val=21).eval_batches()) for i in range(2)]
+    for j, b in enumerate(batches):
+        for k in b:
+            np.testing.assert_array_equal(np.concatenate([p[j][k] for p in per_process]), b[k])
+
+
+def test_smoke_training_run(tmp_path, devices):
+    summary = train.train_and_evaluate(get_config("smoke"), str(tmp_path), devices[:1])
+    final = summary["final"]
+    assert np.isfinite(final["eval/loss"])
+    assert 0.0 <= final["eval/accuracy"] <= 1.0
+    assert summary["tokens_per_step"] == 8 * 32
+
+
+@pytest.mark.parametrize("update, exc, needle", [
+    (dict(data=dict(min_len=50, max_len=40)), DataError, "data.max_len=40"),
+    (dict(data=dict(seq_len=30)), DataError, "data.seq_len=30"),
+    (dict(data=dict(num_train=0)), DataError, "data.num_train=0"),
+    (dict(data=dict(min_len=5000, max_len=6000, max_depth=3)), DataError, "data.min_len=5000"),
+    (dict(model=dict(num_classes=5)), ConfigError, "model.num_classes=5"),
+    (dict(model=dict(causal=True)), ConfigError, "model.causal=True"),
+    (dict(model=dict(vocab_size=12)), ConfigError, "model.vocab_size=12"),
+])
+def test_bad_config_names_the_field(update, exc, needle, devices):
+    c = get_config("smoke")
+    for section, fields in update.items():
+        c[section].update(fields)
+    with pytest.raises(exc, match=needle.replace(".", r"\.")) as info:
+        train.setup(c, devices[:1])
+    assert "\n" not in str(info.value)
+
+
+def test_narrow_length_range_fails_with_data_error():
+    with pytest.raises(DataError, match="data.min_len=1"):
+        listops.generate(50, seed=0, min_len=1, max_len=1, max_draws=2000)
+
+
+def test_config_variants():
+    assert get_config("smoke").model.attention == "dense"
+    for v in ("dense", "performer", "longformer"):
+        c = get_config(f"variant={v}")
+        assert c.model.attention == v and c.model.num_global == 1 and not c.model.causal
+    full = get_config("full")
+    assert (full.data.min_len, full.data.max_len, full.data.seq_len) == (500, 2000, 2048)
+    assert (full.model.d_model, full.model.n_layers, full.train.num_steps) == (512, 4, 5000)
+    with pytest.raises(ValueError, match="variant='sparse'"):
+        get_config("variant=sparse")
