@@ -38,6 +38,7 @@ def default_model_config() -> ml_collections.ConfigDict:
         num_features=256,      # random features M
         redraw_every=1000,     # redraw features every k training steps (0: never)
         performer_kernel="softmax",  # softmax (FAVOR+ positive features) | relu
+        performer_chunk_size=64,     # causal prefix-sum chunk length
         # Longformer (attention="longformer")
         window=256,            # sliding window W: W/2 each side, or W back when causal
         num_global=0,          # the first G positions are global tokens
