@@ -41,7 +41,7 @@ TYPES = ("dense", "performer", "longformer")
 def layer_config(kind: str):
     cfg = base_config().model
     cfg.update(d_model=256, n_heads=4, n_kv_heads=4, d_ff=1024, n_layers=1, causal=False, attention=kind,
-               num_features=256, window=256, num_global=1, dilation=1, redraw_every=0)
+               num_features=256, window=256, num_global=1, dilation=(1,), redraw_every=0)
     return cfg
 
 

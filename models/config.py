@@ -42,7 +42,7 @@ def default_model_config() -> ml_collections.ConfigDict:
         # Longformer (attention="longformer")
         window=256,            # sliding window W: W/2 each side, or W back when causal
         num_global=0,          # the first G positions are global tokens
-        dilation=1,            # dilation rate, an int or one per head
+        dilation=(1,),         # dilation rates: one for all heads, or one per head, e.g. (1, 1, 2, 2)
     ))
 
 

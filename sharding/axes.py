@@ -7,6 +7,9 @@ letters. The legend, in one place:
   F MLP hidden       N query heads       K KV heads         H head dim
   V vocab            E experts           C expert capacity  M random features
   W window           P patches           G heads per KV head (N // K)
+  X rows of a grouped-query matmul (G * T)
+  Longformer blocks: U blocks, L queries per block, J keys per block,
+  A global-token slots, R dilation rate
 
 Parameters carry logical axis names as variable metadata (`logical_axes=`),
 activations go through `constrain(x, names)`. Neither knows the mesh: the
@@ -26,7 +29,8 @@ LEGEND = {
     "B": "batch", "T": "query length", "S": "key length", "D": "model width",
     "F": "MLP hidden", "N": "query heads", "K": "KV heads", "H": "head dim",
     "V": "vocab", "E": "experts", "C": "expert capacity", "M": "random features",
-    "W": "window", "P": "patches", "G": "query heads per KV head",
+    "W": "window", "P": "patches", "G": "query heads per KV head", "X": "grouped-query rows (G * T)",
+    "U": "blocks", "L": "queries per block", "J": "keys per block", "A": "global-token slots", "R": "dilation rate",
 }
 
 # Logical axis names used by parameters and activations.
