@@ -69,7 +69,7 @@ class Setup:
 
 def validate_config(config, mesh) -> None:
     validate_model_config(config.model)
-    d, o, t = config.data, config.optim, config.train
+    d, o = config.data, config.optim
     for section, field in (("data", "seq_len"), ("data", "batch_size"), ("train", "num_steps"),
                            ("train", "log_every"), ("train", "eval_every"), ("train", "checkpoint_every"),
                            ("train", "keep_checkpoints"), ("optim", "accum_steps"), ("data", "eval_batches")):

@@ -83,16 +83,8 @@ class MultiHeadAttention(nnx.Module):
         # Positions left as None tell the core the mask is the same for every row
         # (a foldable constant); RoPE still needs them.
         given_positions_BT = positions_BT
-        if positions_BT is None:
-            start_B = cache.lengths_B if cache is not None else jnp.zeros((B,), jnp.int32)
-            positions_BT = start_B[:, None] + default_positions(B, T)
-        q_BTNH = linear(x_BTD, self.wq_DNH[...].astype(self.dtype))  # BTD,DNH->BTNH
-        k_BTKH = linear(x_BTD, self.wk_DKH[...].astype(self.dtype))  # BTD,DKH->BTKH
-        v_BTKH = linear(x_BTD, self.wv_DKH[...].astype(self.dtype))  # BTD,DKH->BTKH
-        q_BTNH = constrain(q_BTNH, (ax.BATCH, ax.LENGTH, ax.HEADS, ax.HEAD_DIM))
-        if self.use_rope:
-            q_BTNH = apply_rope(q_BTNH, positions_BT, self.rope_base)
-            k_BTKH = apply_rope(k_BTKH, positions_BT, self.rope_base)
+        positions_BT = self.positions(B, T, positions_BT, cache)
+        q_BTNH, k_BTKH, v_BTKH = self.project_qkv(x_BTD, positions_BT)
 
         if cache is None:
             out_BTNH = self.core(
@@ -113,6 +105,28 @@ class MultiHeadAttention(nnx.Module):
                 q_positions_BT=positions_BT, kv_positions_BS=default_positions(B, S),
                 kv_lengths_B=new_cache.lengths_B,
             )
+        return self.project_out(out_BTNH), new_cache
+
+    # Pieces of __call__ that variants with their own call (Longformer) reuse.
+    @staticmethod
+    def positions(B: int, T: int, positions_BT: jax.Array | None, cache: KVCache | None) -> jax.Array:
+        """Given positions, or consecutive ones after what the cache already holds."""
+        if positions_BT is not None:
+            return positions_BT
+        start_B = cache.lengths_B if cache is not None else jnp.zeros((B,), jnp.int32)
+        return start_B[:, None] + default_positions(B, T)
+
+    def project_qkv(self, x_BTD: jax.Array, positions_BT: jax.Array):
+        """Q, K, V projections (2-D matmuls, see attention/linear.py), RoPE on Q and K."""
+        q_BTNH = linear(x_BTD, self.wq_DNH[...].astype(self.dtype))  # BTD,DNH->BTNH
+        k_BTKH = linear(x_BTD, self.wk_DKH[...].astype(self.dtype))  # BTD,DKH->BTKH
+        v_BTKH = linear(x_BTD, self.wv_DKH[...].astype(self.dtype))  # BTD,DKH->BTKH
+        q_BTNH = constrain(q_BTNH, (ax.BATCH, ax.LENGTH, ax.HEADS, ax.HEAD_DIM))
+        if self.use_rope:
+            q_BTNH = apply_rope(q_BTNH, positions_BT, self.rope_base)
+            k_BTKH = apply_rope(k_BTKH, positions_BT, self.rope_base)
+        return q_BTNH, k_BTKH, v_BTKH
+
+    def project_out(self, out_BTNH: jax.Array) -> jax.Array:
         out_BTNH = constrain(out_BTNH, (ax.BATCH, ax.LENGTH, ax.HEADS, ax.HEAD_DIM))
-        y_BTD = linear(out_BTNH, self.wo_NHD[...].astype(self.dtype), n_in=2)  # BTNH,NHD->BTD
-        return y_BTD, new_cache
+        return linear(out_BTNH, self.wo_NHD[...].astype(self.dtype), n_in=2)  # BTNH,NHD->BTD

@@ -53,7 +53,6 @@ from attention.masks import default_positions
 from attention.registry import register_attention
 from attention.rope import apply_rope
 from sharding import axes as ax
-from sharding.axes import constrain
 
 _NEG = -1e30  # finite: a fully masked row stays NaN-free; its weights are zeroed by the mask
 
@@ -427,19 +426,11 @@ class LongformerAttention(MultiHeadAttention):
 
     def __call__(self, x_BTD, *, positions_BT=None, segment_ids_BT=None, kv_lengths_B=None,
                  cache: KVCache | None = None, ctx=None):
-        # Mirrors MultiHeadAttention.__call__, plus the global projections.
+        # MultiHeadAttention.__call__ with the global projections and a global-aware cache.
         B, T, _ = x_BTD.shape
         x_BTD = x_BTD.astype(self.dtype)
-        if positions_BT is None:
-            start_B = cache.lengths_B if cache is not None else jnp.zeros((B,), jnp.int32)
-            positions_BT = start_B[:, None] + default_positions(B, T)
-        q_BTNH = linear(x_BTD, self.wq_DNH[...].astype(self.dtype))  # BTD,DNH->BTNH
-        k_BTKH = linear(x_BTD, self.wk_DKH[...].astype(self.dtype))  # BTD,DKH->BTKH
-        v_BTKH = linear(x_BTD, self.wv_DKH[...].astype(self.dtype))  # BTD,DKH->BTKH
-        q_BTNH = constrain(q_BTNH, (ax.BATCH, ax.LENGTH, ax.HEADS, ax.HEAD_DIM))
-        if self.use_rope:
-            q_BTNH = apply_rope(q_BTNH, positions_BT, self.rope_base)
-            k_BTKH = apply_rope(k_BTKH, positions_BT, self.rope_base)
+        positions_BT = self.positions(B, T, positions_BT, cache)
+        q_BTNH, k_BTKH, v_BTKH = self.project_qkv(x_BTD, positions_BT)
 
         if cache is None:
             out_BTNH = self.core(q_BTNH, k_BTKH, v_BTKH, ctx=ctx, causal=self.causal,
@@ -463,9 +454,7 @@ class LongformerAttention(MultiHeadAttention):
                 q_BTNH, new_cache.k_BSKH, new_cache.v_BSKH, q_positions_BT=positions_BT,
                 kv_lengths_B=new_cache.lengths_B, window=self.window, causal=self.causal,
                 dilation_N=self.dilation_N, **glob)
-        out_BTNH = constrain(out_BTNH, (ax.BATCH, ax.LENGTH, ax.HEADS, ax.HEAD_DIM))
-        y_BTD = linear(out_BTNH, self.wo_NHD[...].astype(self.dtype), n_in=2)  # BTNH,NHD->BTD
-        return y_BTD, new_cache
+        return self.project_out(out_BTNH), new_cache
 
     def _global_inputs(self, x_BTD, positions_BT) -> GlobalInputs | None:
         """The first `num_global` tokens of each row are global (a batch-given mask plugs in here later)."""

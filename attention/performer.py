@@ -36,7 +36,6 @@ Masks follow attention/masks.py. What is supported, and how:
 """
 from __future__ import annotations
 
-import math
 import weakref
 
 import jax

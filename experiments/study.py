@@ -28,7 +28,6 @@ import dataclasses
 import importlib.util
 import itertools
 import json
-import os
 import re
 import shlex
 import sys

@@ -7,7 +7,6 @@ treats all of them alike.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from attention.base import dtype_of

@@ -52,7 +52,6 @@ def test_sharded_losses_match_single_device(devices, baseline, shape, rules):
     np.testing.assert_allclose(losses, baseline, rtol=1e-5)
 
     # Every parameter and optimizer moment carries the sharding its rule names.
-    from sharding.rules import logical_axes_of  # noqa: F401  (documenting where the names come from)
     flat_specs = jax.tree_util.tree_leaves_with_path(s.param_shardings)
     for path, sharding in flat_specs:
         leaf = _get(state["params"], path)
