@@ -9,7 +9,7 @@ compute". The report compares every size with the baseline (the lm_tiny
 shape) with Holm-corrected paired tests (equal seeds share the data order),
 fits the loss-vs-compute law on the compute-efficient frontier of the
 learning curves, and the loss-vs-parameters law at the matched budget.
-The full run takes about 30-40 minutes on 2 CPU cores; the figures it
+The full run took 52 minutes on 2 shared CPU cores (about 38 on a quiet machine); the figures it
 produced are in experiments/README.md.
 """
 from experiments.defaults import parse_arg
