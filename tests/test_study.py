@@ -118,3 +118,13 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert out.stderr.strip() == "error: study 'bad' has an empty grid"
+
+
+@pytest.mark.slow
+def test_listops_smoke_study_compares_attention_types(tmp_path):
+    study = load_study("experiments/studies/listops.py:smoke")
+    run_study(study, tmp_path, log=lambda *_: None)
+    records = load_results(tmp_path / "results.jsonl")
+    assert sorted({r["point"] for r in records}) == ["dense", "longformer", "performer"]
+    assert all(0.0 <= r["final"]["eval/accuracy"] <= 1.0 for r in records)
+    assert "performer" in (tmp_path / "report.md").read_text()
