@@ -23,3 +23,12 @@ def test_train_step_benchmark_runs_on_smoke_sizes(capsys, monkeypatch):
     train_step.main(["--configs", "smoke", "--steps", "1", "--repeats", "1", "--no-torch"])
     out = capsys.readouterr().out
     assert "== smoke" in out and "ours / bare JAX" in out
+
+
+def test_attention_benchmark_writes_report(tmp_path, capsys):
+    from experiments.studies import attention_complexity
+
+    attention_complexity.main(["--lengths", "128,256", "--repeats", "1", "--out", str(tmp_path)])
+    report = (tmp_path / "report.md").read_text()
+    assert "| 256 | longformer |" in report and "Exponents of n" in report
+    assert (tmp_path / "attention_complexity.png").stat().st_size > 0
