@@ -39,11 +39,7 @@ def plot_metric_vs_compute(ax, an: dict) -> None:
     fit = an["fit"]
     if fit is not None:
         xs = [_num(r.get("train_flops")) for p in an["points"] for r in p["records"]]
-        xs = np.array([x for x in xs if math.isfinite(x) and x > 0])
-        grid = np.logspace(np.log10(xs.min()) - 0.1, np.log10(xs.max()) + 0.1, 200)
-        ax.plot(grid, stats.power_law(grid, fit["a"], fit["b"], fit["c"]), "k--", zorder=1,
-                label=(f"fit {fit['a']:.3g}·C^(-b) + {fit['c']:.3g}, b = {fit['b']:.3f} "
-                       f"[{fit['b_ci_low']:.3f}, {fit['b_ci_high']:.3f}]"))
+        _draw_fit(ax, [x for x in xs if math.isfinite(x) and x > 0], fit, "C")
     ax.set_xscale("log")
     ax.set_xlabel("train FLOPs")
     ax.set_ylabel(f"{metric} ({an['use']})")
@@ -108,10 +104,7 @@ def plot_metric_vs_params(ax, an: dict) -> None:
         ax.errorbar([p["params"]], [p["mean"]], yerr=yerr, fmt="o", ms=6, capsize=4, color=cmap[i], zorder=3,
                     label=p["point"] if legend_points else None)
     if fit is not None and xs_all:
-        grid = np.logspace(np.log10(min(xs_all)) - 0.1, np.log10(max(xs_all)) + 0.1, 200)
-        ax.plot(grid, stats.power_law(grid, fit["a"], fit["b"], fit["c"]), "k--", zorder=1,
-                label=(f"fit {fit['a']:.3g}·N^(-b) + {fit['c']:.3g}, b = {fit['b']:.3f} "
-                       f"[{fit['b_ci_low']:.3f}, {fit['b_ci_high']:.3f}]"))
+        _draw_fit(ax, xs_all, fit, "N")
     ax.set_xscale("log")
     ax.set_xlabel("parameters N")
     ax.set_ylabel(f"{metric} ({an['use']})")
@@ -163,3 +156,11 @@ def _save(draw, path: Path) -> None:
     draw(fig.add_subplot(1, 1, 1))
     fig.tight_layout()
     fig.savefig(path, metadata={"Software": None})
+
+
+def _draw_fit(ax, xs, fit: dict, var: str) -> None:
+    """The fitted a·x^(-b) + c over the span of xs (log x), labelled with b and its CI."""
+    grid = np.logspace(np.log10(min(xs)) - 0.1, np.log10(max(xs)) + 0.1, 200)
+    ax.plot(grid, stats.power_law(grid, fit["a"], fit["b"], fit["c"]), "k--", zorder=1,
+            label=(f"fit {fit['a']:.3g}·{var}^(-b) + {fit['c']:.3g}, b = {fit['b']:.3f} "
+                   f"[{fit['b_ci_low']:.3f}, {fit['b_ci_high']:.3f}]"))

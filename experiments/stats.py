@@ -272,6 +272,22 @@ def _fit(lx, y, p0):
     return popt
 
 
+def _power_law_data(x, y) -> tuple[np.ndarray, np.ndarray]:
+    """x, y as 1-D float arrays, checked for what a power-law fit needs."""
+    x = np.asarray(x, dtype=float).reshape(-1)
+    y = np.asarray(y, dtype=float).reshape(-1)
+    if x.size != y.size:
+        raise ValueError(f"x and y must have the same length, got {x.size} and {y.size}")
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        raise ValueError("x and y must be finite for a power-law fit")
+    if np.any(x <= 0):
+        raise ValueError(f"x must be positive for a power-law fit, got min {x.min():g}")
+    n_distinct = np.unique(x).size
+    if n_distinct < 3:
+        raise ValueError(f"need at least 3 distinct x values for a power-law fit, got {n_distinct}")
+    return x, y
+
+
 def fit_power_law(x, y, n_boot: int = 1000, seed: int = 0, confidence: float = 0.95) -> dict:
     """Fit L(C) = a · C^(-b) + c by nonlinear least squares, with a bootstrap CI on b.
 
@@ -290,17 +306,7 @@ def fit_power_law(x, y, n_boot: int = 1000, seed: int = 0, confidence: float = 0
     Raises ValueError for < 3 distinct x, non-positive x or non-finite data;
     RuntimeError if the main fit does not converge.
     """
-    x = np.asarray(x, dtype=float).reshape(-1)
-    y = np.asarray(y, dtype=float).reshape(-1)
-    if x.size != y.size:
-        raise ValueError(f"x and y must have the same length, got {x.size} and {y.size}")
-    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
-        raise ValueError("x and y must be finite for a power-law fit")
-    if np.any(x <= 0):
-        raise ValueError(f"x must be positive for a power-law fit, got min {x.min():g}")
-    n_distinct = np.unique(x).size
-    if n_distinct < 3:
-        raise ValueError(f"need at least 3 distinct x values for a power-law fit, got {n_distinct}")
+    x, y = _power_law_data(x, y)
 
     lx0 = float(np.mean(np.log(x)))
     lx = np.log(x) - lx0
@@ -343,16 +349,7 @@ def refit_power_law(x, y, start: dict) -> dict:
     Returns dict(a, b, c, log_a). Raises ValueError for < 3 distinct x,
     non-positive x or non-finite data; RuntimeError if the fit does not converge.
     """
-    x = np.asarray(x, dtype=float).reshape(-1)
-    y = np.asarray(y, dtype=float).reshape(-1)
-    if x.size != y.size:
-        raise ValueError(f"x and y must have the same length, got {x.size} and {y.size}")
-    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
-        raise ValueError("x and y must be finite for a power-law fit")
-    if np.any(x <= 0):
-        raise ValueError(f"x must be positive for a power-law fit, got min {x.min():g}")
-    if np.unique(x).size < 3:
-        raise ValueError(f"need at least 3 distinct x values for a power-law fit, got {np.unique(x).size}")
+    x, y = _power_law_data(x, y)
     lx0 = float(np.mean(np.log(x)))
     b0 = float(np.clip(start["b"], 0.0, _B_MAX))
     p0 = (float(start["log_a"]) - b0 * lx0, b0, max(float(start["c"]), 0.0))
