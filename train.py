@@ -80,14 +80,21 @@ def validate_config(config, mesh) -> None:
         raise ConfigError(f"optim.warmup_steps={o.warmup_steps} must be >= 0")
     if float(o.learning_rate) <= 0:
         raise ConfigError(f"optim.learning_rate={o.learning_rate} must be > 0")
-    dp = mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
+    # The batch is sharded over every axis but `tensor` (see sharding/rules.py).
+    dp = mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1) * mesh.shape.get("expert", 1)
     if d.batch_size % o.accum_steps:
         raise ConfigError(f"data.batch_size={d.batch_size} is not divisible by optim.accum_steps={o.accum_steps}")
     micro = d.batch_size // o.accum_steps
     if micro % dp:
         raise ConfigError(
             f"data.batch_size={d.batch_size} (micro-batch {micro}) is not divisible by the data-parallel size {dp} "
-            f"(mesh data x fsdp)"
+            f"(mesh data x fsdp x expert)"
+        )
+    ep = mesh.shape.get("expert", 1)
+    if config.model.ffn == "moe" and config.model.moe.num_experts % ep:
+        raise ConfigError(
+            f"model.moe.num_experts={config.model.moe.num_experts} is not divisible by the expert mesh axis "
+            f"size {ep} (mesh.shape.expert)"
         )
     eval_bs = d.eval_batch_size or d.batch_size
     if eval_bs % dp:
@@ -134,10 +141,12 @@ def train_step(state: dict, batch: dict, *, graphdef, task, tx, schedule, accum_
 
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
-        metrics = {f"train/{k}": v for k, v in metrics.items()}
+        stats, extra = task.update_stats(state["stats"], metrics)
+        metrics = {f"train/{k}": v for k, v in {**metrics, **extra}.items()}
         metrics["train/grad_norm"] = optax.tree.norm(grads)
         metrics["train/lr"] = schedule(state["step"])
-        new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1, "rng": state["rng"]}
+        new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1, "rng": state["rng"],
+                     "stats": stats}
         return new_state, metrics
 
 
@@ -172,7 +181,9 @@ def setup(config, devices=None) -> Setup:
     opt_shardings = optax.tree_map_params(
         tx, lambda _, s: s, abstract_opt, param_shardings, transform_non_params=lambda _: replicated,
     )
-    state_shardings = {"params": param_shardings, "opt_state": opt_shardings, "step": replicated, "rng": replicated}
+    stats_shardings = jax.tree.map(lambda _: replicated, jax.eval_shape(task.init_stats))
+    state_shardings = {"params": param_shardings, "opt_state": opt_shardings, "step": replicated, "rng": replicated,
+                       "stats": stats_shardings}
     batch_shardings = {k: NamedSharding(mesh, logical_to_spec(v, rules)) for k, v in task.batch_axes().items()}
     return Setup(config, mesh, rules, task, graphdef, abstract_params, param_shardings, state_shardings,
                  batch_shardings, tx, schedule)
@@ -184,6 +195,7 @@ def abstract_state(s: Setup) -> dict:
         "opt_state": jax.eval_shape(s.tx.init, s.abstract_params),
         "step": jax.ShapeDtypeStruct((), jnp.int32),
         "rng": jax.ShapeDtypeStruct((2,), jnp.uint32),
+        "stats": jax.eval_shape(s.task.init_stats),
     }
     return jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), shapes, s.state_shardings)
 
@@ -194,7 +206,8 @@ def init_state(s: Setup) -> dict:
     def init():
         params = nnx.to_pure_dict(nnx.state(s.task.build_model(nnx.Rngs(seed))))
         rng = jax.random.key_data(jax.random.fold_in(jax.random.key(seed), 1))
-        return {"params": params, "opt_state": s.tx.init(params), "step": jnp.zeros((), jnp.int32), "rng": rng}
+        return {"params": params, "opt_state": s.tx.init(params), "step": jnp.zeros((), jnp.int32), "rng": rng,
+                "stats": s.task.init_stats()}
 
     with jax.set_mesh(s.mesh), logical_rules(s.rules):
         return jax.jit(init, out_shardings=s.state_shardings)()

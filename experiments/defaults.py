@@ -48,7 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
     ))
     c.sample = ml_collections.ConfigDict(dict(prompt="The ", num_tokens=64, temperature=0.8, top_k=0))
     c.mesh = ml_collections.ConfigDict(dict(
-        shape=ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1)),
+        shape=ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, expert=1)),
         rules="fsdp",        # dp | fsdp | tensor: logical-axis presets in sharding/rules.py
     ))
     return c

@@ -43,6 +43,26 @@ def default_model_config() -> ml_collections.ConfigDict:
         window=256,            # sliding window W: W/2 each side, or W back when causal
         num_global=0,          # the first G positions are global tokens
         dilation=(1,),         # dilation rates: one for all heads, or one per head, e.g. (1, 1, 2, 2)
+        # Mixture-of-Experts (ffn="moe"; see moe/layer.py)
+        moe=ml_collections.ConfigDict(dict(
+            num_experts=8,             # E
+            top_k=2,                   # k routes per token (1: Switch, 2: GShard/Mixtral)
+            router="token_choice",     # token_choice | expert_choice
+            renormalize=True,          # gates: softmax renormalised over the chosen k
+            dispatch="capacity",       # capacity (drops over C) | dropless (grouped matmul)
+            capacity_factor=1.25,      # C = ceil(factor * tokens_per_group * k / E), training
+            eval_capacity_factor=2.0,  # the same at evaluation
+            balance_loss="switch",     # switch: E sum f_i P_i | squared: sum (f_i - 1/E)^2
+            balance_weight=0.01,
+            z_loss_weight=1e-3,        # router z-loss (ST-MoE)
+            noise="none",              # none | jitter (input x U(1-s, 1+s)) | gaussian (logits + N(0, s^2))
+            noise_scale=0.0,
+            noise_anneal_steps=0,      # noise scale decays linearly to 0 over these steps (0: constant)
+            d_ff=0,                    # hidden width per expert (0: model.d_ff)
+            num_shared_experts=0,      # always-on experts, fused into one MLP
+            dead_window=100,           # dead expert: < 1/(10E) of the load over the last N steps
+            gmm_impl="ragged_dot",     # dropless grouped matmul: ragged_dot | pallas
+        )),
     ))
 
 
@@ -76,8 +96,15 @@ def validate_model_config(cfg) -> None:
         raise ConfigError(f"model.head_dim={head_dim} must be even when model.rope=True")
     try:
         ATTENTION_REGISTRY[cfg.attention].validate_config(cfg)
+        for ffn in {cfg.ffn, "mlp"}:
+            validate_ffn = getattr(FFN_REGISTRY[ffn], "validate_config", None)
+            if validate_ffn is not None:
+                validate_ffn(cfg)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    every = cfg.get("ffn_every", 1)
+    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+        raise ConfigError(f"model.ffn_every={every!r} must be a positive integer")
     from attention.dense import DENSE_IMPLS
 
     if cfg.attention_impl not in DENSE_IMPLS:

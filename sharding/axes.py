@@ -43,6 +43,7 @@ KV_HEADS = "kv_heads"
 HEAD_DIM = "head_dim"
 VOCAB = "vocab"
 NORM = "norm"
+EXPERT = "expert"
 
 _state = threading.local()
 

@@ -6,6 +6,9 @@
 - `tensor`: Megatron-style tensor parallel, heads and MLP hidden over `tensor`;
             the batch over `data` (and `fsdp` when the mesh has one).
 
+Every preset puts MoE experts on the `expert` axis (expert parallelism,
+`moe/parallel.py`) and also shards the batch over it.
+
 A rule may name a mesh axis the mesh lacks (or one of size 1): such names
 are dropped, so one preset serves every mesh shape.
 """
@@ -18,17 +21,19 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from sharding import axes as ax
 
-_BATCH_AXES = ("data", "fsdp")
+# The expert axis doubles as a data axis outside the MoE layers (as in MaxText).
+_BATCH_AXES = ("data", "fsdp", "expert")
 
 RULE_PRESETS: dict[str, dict[str, Any]] = {
-    "dp": {ax.BATCH: _BATCH_AXES},
-    "fsdp": {ax.BATCH: _BATCH_AXES, ax.EMBED: "fsdp"},
+    "dp": {ax.BATCH: _BATCH_AXES, ax.EXPERT: "expert"},
+    "fsdp": {ax.BATCH: _BATCH_AXES, ax.EMBED: "fsdp", ax.EXPERT: "expert"},
     "tensor": {
         ax.BATCH: _BATCH_AXES,
         ax.HEADS: "tensor",
         ax.KV_HEADS: "tensor",
         ax.MLP: "tensor",
         ax.VOCAB: "tensor",
+        ax.EXPERT: "expert",
     },
 }
 

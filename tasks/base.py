@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from moe import health as moe_health
+
 
 class Task:
     """Base class; subclasses fill in every method that raises here."""
@@ -64,6 +66,19 @@ class Task:
     def eval_extras(self, model, step: int) -> dict[str, Any]:
         """Anything beyond metrics logged at evaluation (e.g. a text sample)."""
         return {}
+
+    # --- statistics carried across steps -------------------------------------
+    def init_stats(self) -> dict:
+        """Arrays the train state carries from step to step for metrics that need history.
+
+        Default: the MoE expert-load window behind the dead-expert count
+        (empty when the model has no MoE layer).
+        """
+        return moe_health.init_load_history(self.config.model)
+
+    def update_stats(self, stats: dict, metrics: Mapping[str, jax.Array]) -> tuple[dict, dict]:
+        """(new stats, extra metrics), inside the jitted step, from this step's metrics."""
+        return moe_health.update_load_history(stats, metrics, self.config.model)
 
 
 def collect_aux(aux_per_layer: list[dict]) -> tuple[jax.Array, dict[str, jax.Array]]:

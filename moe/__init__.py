@@ -1,0 +1,1 @@
+"""Mixture-of-Experts: routing, dispatch (capacity and dropless), losses, the MoE FFN layer."""
