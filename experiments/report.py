@@ -310,6 +310,12 @@ def _pm(mean: float, half: float) -> tuple[str, str]:
     return f"{mean:.{dec}f}", f"{half:.{dec}f}"
 
 
+def higher_is_better(metric: str) -> bool:
+    """Accuracies, recalls and entropies improve upwards; losses, bpb and fractions downwards."""
+    last = metric.rsplit("/", 1)[-1]
+    return last.endswith(("accuracy", "entropy")) or last.startswith(("recall", "r@", "top"))
+
+
 def _unit(metric: str) -> str:
     return metric.rsplit("/", 1)[-1]
 
@@ -335,7 +341,7 @@ def _plain_line(c: dict, corr: str, unit: str) -> str:
             f"{c['matched']} {tail}")
 
 
-def render_markdown(an: dict, title: str = "", load_errors=()) -> str:
+def render_markdown(an: dict, title: str = "", load_errors=(), suffix: str = "") -> str:
     """Markdown text of the report for an ``analyze`` result."""
     metric, corr, conf = an["metric"], an["correction"], an["confidence"]
     unit = _unit(metric)
@@ -348,7 +354,7 @@ def render_markdown(an: dict, title: str = "", load_errors=()) -> str:
         lines.append("- Budget mode: not recorded")
     use_desc = "value at the last eval" if an["use"] == "final" else "best (minimum) value over evals"
     lines += [
-        f"- Metric: `{metric}`, {use_desc} of each run; lower is better.",
+        f"- Metric: `{metric}`, {use_desc} of each run; {'higher' if higher_is_better(metric) else 'lower'} is better.",
         f"- Runs: {an['n_records']} records, {len(an['points'])} points; baseline: `{an['baseline']}`.",
         f"- Means: {conf:.0%} Student-t CIs over seeds. Comparisons vs the baseline: paired t-test on common "
         f"seeds when both points have seed-determined data order, Welch's t-test otherwise; "
@@ -402,10 +408,10 @@ def render_markdown(an: dict, title: str = "", load_errors=()) -> str:
         lim.insert(0, f"{len(load_errors)} malformed line(s) in results.jsonl were skipped: "
                       + "; ".join(f"line {n} ({r})" for n, r in load_errors))
     lines += ["## Limitations", ""] + ([f"- {x}" for x in lim] if lim else ["- None noted."])
-    lines += ["", "## Plots", "", f"![{metric} vs compute](metric_vs_compute.png)", "",
-              f"![{metric} curves](curves.png)", ""]
+    lines += ["", "## Plots", "", f"![{metric} vs compute](metric_vs_compute{suffix}.png)", "",
+              f"![{metric} curves](curves{suffix}.png)", ""]
     if an.get("param_fit_note") is not None:
-        lines += [f"![{metric} vs parameters](metric_vs_params.png)", ""]
+        lines += [f"![{metric} vs parameters](metric_vs_params{suffix}.png)", ""]
     return "\n".join(lines)
 
 
@@ -470,9 +476,12 @@ def _param_lines(an: dict) -> list[str]:
 # --------------------------------------------------------------------------- entry points
 
 def write_report(results_dir, baseline: str | None = None, metric: str = "eval/bpb",
-                 correction: str = "holm", use: str = "final", n_boot: int = 1000) -> Path:
+                 correction: str = "holm", use: str = "final", n_boot: int = 1000, suffix: str = "") -> Path:
     """Write report.md, metric_vs_compute.png, curves.png and (matched compute, >= 2 model sizes)
     metric_vs_params.png into ``results_dir``; return report.md's path.
+
+    ``suffix`` is appended to every file name (``report_bpb.md``, ``curves_bpb.png``) so one
+    results folder can hold a report per metric.
 
     ``n_boot`` is the number of bootstrap refits for the CI on the power-law
     exponent. Deterministic for the same input (bootstrap seeds are fixed).
@@ -488,12 +497,12 @@ def write_report(results_dir, baseline: str | None = None, metric: str = "eval/b
         warnings.warn(f"{results_dir / 'results.jsonl'}: skipped {len(errors)} malformed line(s) at "
                       f"line(s) {[n for n, _ in errors]}", UserWarning, stacklevel=2)
     an = analyze(records, baseline=baseline, metric=metric, correction=correction, use=use, n_boot=n_boot)
-    md = render_markdown(an, title=", ".join(an["studies"]) or results_dir.name, load_errors=errors)
-    _save(lambda ax: plot_metric_vs_compute(ax, an), results_dir / "metric_vs_compute.png")
-    _save(lambda ax: plot_curves(ax, records, metric), results_dir / "curves.png")
+    md = render_markdown(an, title=", ".join(an["studies"]) or results_dir.name, load_errors=errors, suffix=suffix)
+    _save(lambda ax: plot_metric_vs_compute(ax, an), results_dir / f"metric_vs_compute{suffix}.png")
+    _save(lambda ax: plot_curves(ax, records, metric), results_dir / f"curves{suffix}.png")
     if an["param_fit_note"] is not None:
-        _save(lambda ax: plot_metric_vs_params(ax, an), results_dir / "metric_vs_params.png")
-    out = results_dir / "report.md"
+        _save(lambda ax: plot_metric_vs_params(ax, an), results_dir / f"metric_vs_params{suffix}.png")
+    out = results_dir / f"report{suffix}.md"
     out.write_text(md, encoding="utf-8")
     return out
 

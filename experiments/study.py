@@ -282,8 +282,11 @@ def run_study(study: Study, out: str | Path, *, collect_only: bool = False, repo
     if report:
         from experiments.report import write_report
 
-        path = write_report(out, baseline=study.baseline, metric=study.metrics[0])
-        log(f"report: {path}")
+        # One report per metric: the first is report.md, the others report_<metric>.md.
+        for j, metric in enumerate(study.metrics):
+            suffix = "" if j == 0 else "_" + re.sub(r"[^A-Za-z0-9]+", "_", metric.split("/", 1)[-1])
+            path = write_report(out, baseline=study.baseline, metric=metric, suffix=suffix)
+            log(f"report: {path}")
     return results
 
 

@@ -24,13 +24,14 @@ from flax import nnx
 from attention.base import dtype_of
 from moe import dispatch as dsp
 from moe import losses, parallel, router
+from moe.gmm import blocked_gmm
 from models.ffn import register_ffn
 from sharding import axes as ax
 from sharding.axes import constrain
 
 ROUTERS = ("token_choice", "expert_choice")
 DISPATCH_MODES = ("capacity", "dropless")
-GMM_IMPLS = ("ragged_dot", "pallas")
+GMM_IMPLS = ("blocked", "ragged_dot", "pallas")
 
 
 def moe_dims(cfg) -> tuple[int, int, int, int]:
@@ -151,6 +152,8 @@ class MoEFFN(nnx.Module):
             from kernels.gmm import gmm  # noqa: PLC0415 (optional fast path)
 
             return gmm
+        if self.gmm_impl == "blocked":
+            return blocked_gmm
         return jax.lax.ragged_dot
 
     def __call__(self, x_BTD: jax.Array, ctx=None) -> tuple[jax.Array, dict]:

@@ -103,6 +103,24 @@ def collect_aux(aux_per_layer: list[dict]) -> tuple[jax.Array, dict[str, jax.Arr
     return extra, metrics
 
 
+def aux_eval_sums(aux_per_layer: list[dict]) -> dict[str, jax.Array]:
+    """Layer-averaged auxiliary metrics of one eval batch, as sums for `aux_eval_metrics`.
+
+    Per-layer and per-expert entries stay in the training metrics; evaluation
+    reports the layer means (e.g. `moe/load_entropy` on held-out data).
+    """
+    _, metrics = collect_aux(aux_per_layer)
+    out = {f"aux:{k}": v for k, v in metrics.items() if "/layer_" not in k and "/expert_fraction/" not in k}
+    if out:
+        out["aux:batches"] = jnp.ones((), jnp.float32)
+    return out
+
+
+def aux_eval_metrics(sums: Mapping[str, float]) -> dict[str, float]:
+    n = max(sums.get("aux:batches", 0.0), 1.0)
+    return {k[4:]: v / n for k, v in sums.items() if k.startswith("aux:") and k != "aux:batches"}
+
+
 def cross_entropy(logits_BTV: jax.Array, targets_BT: jax.Array, weights_BT: jax.Array | None = None):
     """(sum of token losses, sum of weights, sum of correct predictions), in float32."""
     logits_BTV = logits_BTV.astype(jnp.float32)

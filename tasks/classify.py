@@ -16,7 +16,7 @@ from data.errors import DataError
 from models.config import ConfigError
 from models.encoder import POOLINGS, EncoderClassifier
 from sharding import axes as ax
-from tasks.base import Task, collect_aux, cross_entropy
+from tasks.base import Task, aux_eval_metrics, aux_eval_sums, collect_aux, cross_entropy
 
 
 def validate_listops_config(config) -> None:
@@ -104,10 +104,10 @@ class ListOpsTask(Task):
 
     # --- evaluation ----------------------------------------------------------
     def eval_sums(self, model, batch):
-        logits_BC, _ = model(batch["inputs"], segment_ids_BT=batch["segment_ids"])
+        logits_BC, aux = model(batch["inputs"], segment_ids_BT=batch["segment_ids"])
         nll_sum, w_sum, correct = cross_entropy(logits_BC, batch["labels"], batch["weights"])
-        return {"nll": nll_sum, "weight": w_sum, "correct": correct}
+        return {"nll": nll_sum, "weight": w_sum, "correct": correct, **aux_eval_sums(aux)}
 
     def eval_metrics(self, sums):
         w = max(sums["weight"], 1.0)
-        return {"loss": sums["nll"] / w, "accuracy": sums["correct"] / w}
+        return {"loss": sums["nll"] / w, "accuracy": sums["correct"] / w, **aux_eval_metrics(sums)}

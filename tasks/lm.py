@@ -13,7 +13,7 @@ from data.text import ByteCorpus, lm_eval_batches, lm_train_batch
 from models.lm import DecoderLM
 from models.sampling import generate
 from sharding import axes as ax
-from tasks.base import Task, collect_aux, cross_entropy
+from tasks.base import Task, aux_eval_metrics, aux_eval_sums, collect_aux, cross_entropy
 
 LN2 = math.log(2.0)
 
@@ -63,13 +63,14 @@ class LMTask(Task):
 
     # --- evaluation ----------------------------------------------------------
     def eval_sums(self, model, batch):
-        logits_BTV, _, _ = model(batch["inputs"])
+        logits_BTV, _, aux = model(batch["inputs"])
         nll_sum, w_sum, correct = cross_entropy(logits_BTV, batch["targets"], batch["weights"])
-        return {"nll": nll_sum, "weight": w_sum, "correct": correct}
+        return {"nll": nll_sum, "weight": w_sum, "correct": correct, **aux_eval_sums(aux)}
 
     def eval_metrics(self, sums):
         loss = sums["nll"] / max(sums["weight"], 1.0)
-        return {"loss": loss, "bpb": loss / LN2, "accuracy": sums["correct"] / max(sums["weight"], 1.0)}
+        return {"loss": loss, "bpb": loss / LN2, "accuracy": sums["correct"] / max(sums["weight"], 1.0),
+                **aux_eval_metrics(sums)}
 
     def eval_extras(self, model, step) -> dict[str, Any]:
         """A short text sample from the configured prompt (temperature sampling, fixed seed)."""

@@ -16,6 +16,7 @@ from models.flops import param_count
 from models.lm import DecoderLM
 from moe import dispatch as dsp
 from moe import health, losses, router
+from moe.gmm import blocked_gmm
 from moe.layer import MoEFFN
 from tests.test_sharding import first_losses
 
@@ -193,6 +194,34 @@ def test_dropless_serves_only_local_experts_with_offset():
     halves = [dsp.dropless_moe(x, expert, gate, {n: v[o:o + 2] for n, v in w.items()}, "gelu", expert_offset=o)
               for o in (0, 2)]
     np.testing.assert_allclose(halves[0] + halves[1], full, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("sizes,block", [([100, 0, 377, 250, 200], 64), ([3, 1, 0, 2, 1], 4), ([0, 0, 0, 0, 0], 8)])
+def test_blocked_gmm_equals_ragged_dot(sizes, block):
+    M, K, N = max(sum(sizes) + 5, 8), 16, 24
+    x = jax.random.normal(jax.random.key(0), (M, K))
+    w = jax.random.normal(jax.random.key(1), (len(sizes), K, N))
+    gs = jnp.array(sizes, jnp.int32)
+    ours = jax.jit(blocked_gmm, static_argnums=3)
+    np.testing.assert_allclose(ours(x, w, gs, block), jax.lax.ragged_dot(x, w, gs), rtol=1e-5, atol=1e-5)
+
+    def loss(fn):
+        return lambda x, w: jnp.sum(jnp.sin(fn(x, w, gs)))
+
+    want = jax.grad(loss(jax.lax.ragged_dot), (0, 1))(x, w)
+    got = jax.grad(loss(lambda x, w, g: blocked_gmm(x, w, g, block)), (0, 1))(x, w)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("impl", ["blocked", "ragged_dot"])
+def test_layer_dropless_impls_agree_with_capacity_without_drops(impl):
+    base = dict(dispatch="capacity", capacity_factor=2.0, eval_capacity_factor=2.0)  # C = S: nothing dropped
+    x = jax.random.normal(jax.random.key(0), (2, 8, 32))
+    y_cap, aux_cap = MoEFFN(moe_cfg(**base).model, rngs=nnx.Rngs(0))(x)
+    y_drop, aux_drop = MoEFFN(moe_cfg(dispatch="dropless", gmm_impl=impl).model, rngs=nnx.Rngs(0))(x)
+    assert float(aux_cap["moe/dropped_fraction"]) == 0.0
+    np.testing.assert_allclose(y_drop, y_cap, rtol=1e-5, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- the layer
