@@ -338,3 +338,41 @@ def test_experts_not_divisible_by_expert_axis(devices):
     c.mesh.shape.update(data=2, expert=4)
     with pytest.raises(ConfigError, match="model.moe.num_experts=6 is not divisible by the expert mesh axis size 4"):
         train.setup(c, devices)
+
+
+# --------------------------------------------------------------------------- studies and benchmark
+
+
+def test_moe_vs_dense_study_matches_flops_and_params(tmp_path):
+    from experiments.study import expand, load_study
+    from models.flops import train_flops_per_token
+
+    runs = {r.point: r for r in expand(load_study("experiments/studies/moe_vs_dense.py"), tmp_path) if r.seed == 0}
+    fpt = {p: train_flops_per_token(r.config.model, r.config.data.seq_len) for p, r in runs.items()}
+    params = {p: param_count(r.config.model) for p, r in runs.items()}
+    assert fpt["moe"] == pytest.approx(fpt["dense_flops"], rel=0.01)
+    assert params["moe"] == pytest.approx(params["dense_params"], rel=0.01)
+    assert params["moe"] > 2 * params["dense_flops"] and fpt["dense_params"] > 2 * fpt["moe"]
+    assert len({r.steps for r in runs.values()}) == 1  # the same tokens for every arm
+
+
+@pytest.mark.slow
+def test_collapse_smoke_study_reports_every_metric(tmp_path):
+    from experiments.results import load_results
+    from experiments.study import load_study, run_study
+
+    run_study(load_study("experiments/studies/moe_collapse.py:smoke"), tmp_path, log=lambda *_: None)
+    records = load_results(tmp_path / "results.jsonl")
+    assert sorted({r["point"] for r in records}) == ["aux", "aux_noise", "capacity", "no_aux"]
+    assert all(0 < r["final"]["eval/moe/load_entropy"] <= 1 + 1e-6 for r in records)
+    assert "higher is better" in (tmp_path / "report_moe_load_entropy.md").read_text()
+    assert "lower is better" in (tmp_path / "report.md").read_text()
+
+
+def test_moe_benchmark_runs_on_tiny_sizes(capsys):
+    from benchmarks import moe as bench
+
+    bench.main(["--tokens", "64", "--d-model", "16", "--d-ff", "32", "--experts", "4", "--overhead-experts", "4",
+                "--repeats", "1"])
+    out = capsys.readouterr().out
+    assert "dropless (blocked)" in out and "overhead" in out
