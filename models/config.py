@@ -22,7 +22,7 @@ def default_model_config() -> ml_collections.ConfigDict:
         d_ff=512,
         activation="gelu",     # gelu | swiglu
         attention="dense",     # key into attention.registry
-        attention_impl="xla",  # how the attention core runs (xla now; pallas later)
+        attention_impl="xla",  # attention core: xla | pallas (flash kernel; interpret mode on CPU) | auto (pallas on GPU/TPU)
         ffn="mlp",             # key into models.ffn registry
         ffn_every=1,           # FFN type on every k-th layer, "mlp" elsewhere
         causal=True,

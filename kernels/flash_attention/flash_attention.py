@@ -93,13 +93,16 @@ def _flash_fwd(q, k, v, toks, st: _Static):
     o, lse2 = flash_forward(q, k, v, *toks, spec=st.spec, scale=st.scale, bq=st.fwd[0], bk=st.fwd[1],
                             interpret=st.interpret, compiler_params=st.compiler_params(),
                             precision=_precision(q.dtype))
-    return o, (q, k, v, toks, o, lse2)
+    return (o, lse2), (q, k, v, toks, o, lse2)
 
 
-def _flash_bwd(st: _Static, res, do):
+def _flash_bwd(st: _Static, res, cotangents):
     q, k, v, toks, o, lse2 = res
-    # delta_t = sum_h dO O (FlashAttention-2, Alg. 2 line 4), [B, N, Tp] float32.
+    do, dlse2 = cotangents
+    # delta_t = sum_h dO O (FlashAttention-2, Alg. 2 line 4), [B, N, Tp] float32. A cotangent on the
+    # log-sum-exp adds p * dlse to dS (d lse / d s = p), i.e. subtracts dlse (natural units) from delta.
     delta = jnp.einsum("BTNH,BTNH->BNT", do.astype(jnp.float32), o.astype(jnp.float32))
+    delta = delta - dlse2 * LOG2E
     dq, dk, dv = flash_backward(q, k, v, do, lse2, delta, *toks, spec=st.spec, scale=st.scale,
                                 blocks_dkv=st.dkv, blocks_dq=st.dq, interpret=st.interpret,
                                 compiler_params=st.compiler_params(), precision=_precision(q.dtype))
@@ -138,10 +141,15 @@ def flash_attention(
     block_sizes: BlockSizes | None = None,
     interpret: bool | None = None,
     backend: str | None = None,
-) -> jax.Array:
+    return_lse: bool = False,
+):
     """Softmax attention by Pallas flash kernels; differentiable in q, k, v. Returns [B, T, N, H] in q's dtype.
 
     `interpret=None` runs interpret mode on CPU and compiles (Triton) on GPU.
+    With `return_lse=True` it returns (out_BTNH, lse_BNT float32): the natural
+    log-sum-exp of each row's visible scaled logits, differentiable too, so a
+    caller can merge this softmax with another one exactly. Rows that see no
+    key get a huge negative lse (they carry no weight in a merge).
     Call it under `jax.jit` (interpret mode is very slow eagerly). `backend`
     ("cpu" | "gpu") overrides `jax.default_backend()`, e.g. to lower the Triton
     kernels for a GPU from a CPU-only machine.
@@ -207,8 +215,13 @@ def flash_attention(
     st = _Static(spec=MaskSpec(left=left, right=right, has_segments=has_seg, has_positions=has_pos, kv_len=S),
                  scale=scale, fwd=fwd, dkv=dkv, dq=dq, interpret=interpret, gpu=backend == "gpu" and not interpret,
                  num_warps=bs.num_warps, num_stages=bs.num_stages)
-    out = _flash(q, k, v, toks, st)
-    return out[:, :T, :, :H]
+    out, lse2 = _flash(q, k, v, toks, st)
+    out = out[:, :T, :, :H]
+    if not return_lse:
+        return out
+    # Empty rows saved lse2 = +1e30 for the backward; report them as weightless instead.
+    lse2 = lse2[:, :, :T]
+    return out, jnp.where(lse2 >= 1e29, -1e30, lse2) / LOG2E
 
 
 __all__ = ["BlockSizes", "flash_attention", "LOG2E"]
