@@ -195,8 +195,8 @@ def flash_attention(
     tq = max(fwd[0], dkv[0], dq[0])  # powers of two: the largest is a multiple of all
     tk = max(fwd[1], dkv[1], dq[1])
     Tp, Sp = -(-T // tq) * tq, -(-S // tk) * tk
-    # Triton tiles need a power-of-two head dim: zero columns change neither logits nor outputs.
-    Hp = H if interpret or not H & (H - 1) else 1 << (H - 1).bit_length()
+    # Triton dots need power-of-two tiles of at least 16: zero head columns change neither logits nor outputs.
+    Hp = H if interpret else max(16, 1 << (H - 1).bit_length())
 
     def pad(x, n):
         x = _pad_axis1(x, n)
