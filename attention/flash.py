@@ -2,10 +2,15 @@
 
 `model.attention_impl`:
 - "xla":    the batched-matmul cores (dense.py, longformer.py's blocked window);
-- "pallas": kernels/flash_attention on every backend (on CPU in interpret
-            mode: exact but slow, for tests);
+- "pallas": kernels/flash_attention on GPU (Triton) and on CPU (interpret
+            mode: exact but slow, for tests); on TPU jax's bundled splash
+            attention (kernels/flash_attention/splash_tpu.py), because our
+            kernels' block layout is GPU-only;
 - "auto":   "pallas" on GPU and TPU, "xla" on CPU.
 The choice is made when the model is traced, from `jax.default_backend()`.
+On TPU two cases stay on XLA: dense attention with explicit positions (KV-cache
+decoding; splash masks are index-based) and Longformer with global tokens
+(the merge needs a differentiable log-sum-exp, which splash does not give).
 
 Dense attention maps its mask arguments one to one onto the kernel's.
 Longformer's sliding window (dilation d) becomes the kernel's band: each
@@ -22,25 +27,39 @@ import jax
 import jax.numpy as jnp
 
 from kernels.flash_attention import flash_attention
+from kernels.flash_attention.splash_tpu import splash_attention_tpu
 
 IMPLS = ("xla", "pallas", "auto")
 
 
-def resolve_impl(impl: str, backend: str | None = None) -> str:
+def backend() -> str:
+    """The platform the model is traced for (a function, so tests can stand in a TPU under interpret mode)."""
+    return jax.default_backend()
+
+
+def resolve_impl(impl: str, platform: str | None = None) -> str:
     """"xla" or "pallas" for a configured `model.attention_impl`."""
     if impl not in IMPLS:
         raise KeyError(f"model.attention_impl={impl!r} is not available; choose one of {sorted(IMPLS)}")
     if impl != "auto":
         return impl
-    backend = jax.default_backend() if backend is None else backend
-    return "pallas" if backend in ("gpu", "tpu") else "xla"
+    platform = backend() if platform is None else platform
+    return "pallas" if platform in ("gpu", "tpu") else "xla"
 
 
 def dense_attention_pallas(
     q_BTNH, k_BSKH, v_BSKH, *, causal=False, q_positions_BT=None, kv_positions_BS=None,
     q_segment_ids_BT=None, kv_segment_ids_BS=None, kv_lengths_B=None, window=None, scale=None,
 ):
-    """Same contract as `dense_attention_xla`, computed by the flash kernel."""
+    """Same contract as `dense_attention_xla`, computed by the flash kernel (splash attention on TPU)."""
+    if backend() == "tpu":
+        mask = dict(causal=causal, q_segment_ids_BT=q_segment_ids_BT, kv_segment_ids_BS=kv_segment_ids_BS,
+                    kv_lengths_B=kv_lengths_B, window=window, scale=scale)
+        if q_positions_BT is not None or kv_positions_BS is not None:
+            from attention.dense import dense_attention_xla  # lazy: dense.py imports this module
+            return dense_attention_xla(q_BTNH, k_BSKH, v_BSKH, q_positions_BT=q_positions_BT,
+                                       kv_positions_BS=kv_positions_BS, **mask)
+        return splash_attention_tpu(q_BTNH, k_BSKH, v_BSKH, **mask)
     return flash_attention(
         q_BTNH, k_BSKH, v_BSKH, causal=causal, window=window, q_positions_BT=q_positions_BT,
         kv_positions_BS=kv_positions_BS, q_segment_ids_BT=q_segment_ids_BT,
@@ -77,6 +96,11 @@ def window_attention_pallas(q_BTNH, k_BSKH, v_BSKH, *, rate: int, left: int, rig
     """
     B, T = q_BTNH.shape[:2]
     fold = lambda x, fill=0: _fold(x, rate, fill)  # noqa: E731
+    if backend() == "tpu":
+        assert global_keys is None, "Longformer global tokens stay on the XLA path on TPU"
+        out = splash_attention_tpu(fold(q_BTNH), fold(k_BSKH), fold(v_BSKH), window=(left, right),
+                                   q_segment_ids_BT=fold(seg_q_BT), kv_segment_ids_BS=fold(seg_k_BS), scale=scale)
+        return _unfold(out, B, T, rate)
     out, lse_XNU = flash_attention(
         fold(q_BTNH), fold(k_BSKH), fold(v_BSKH), window=(left, right), q_segment_ids_BT=fold(seg_q_BT),
         kv_segment_ids_BS=fold(seg_k_BS), scale=scale, return_lse=True)

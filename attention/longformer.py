@@ -47,6 +47,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from attention.base import MultiHeadAttention, head_dim_of
+from attention import flash
 from attention.flash import resolve_impl, window_attention_pallas
 from attention.kv_cache import KVCache
 from attention.linear import linear
@@ -262,7 +263,8 @@ def longformer_attention(
     else:
         key_ok_local_BS = key_ok_BS
 
-    use_kernel = resolve_impl(impl) == "pallas"
+    # On TPU the kernel is splash attention, which cannot merge with the global keys' softmax (attention/flash.py).
+    use_kernel = resolve_impl(impl) == "pallas" and not (global_inputs is not None and flash.backend() == "tpu")
     outs, order = [], []
     for rate, heads, kv, Gd in _head_groups(dilation_N, G):
         whole = len(heads) == N
