@@ -44,7 +44,7 @@ def splash_attention_tpu(q_BTNH, k_BSKH, v_BSKH, *, causal=False, window=None, q
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
 
     B, T, N, H = q_BTNH.shape
-    S, K = k_BSKH.shape[1], k_BSKH.shape[2]
+    S = k_BSKH.shape[1]
     scale = H**-0.5 if scale is None else scale
     left, right = (None, None) if window is None else window
     if causal:
