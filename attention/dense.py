@@ -85,5 +85,7 @@ def dense_attention(q_BTNH, k_BSKH, v_BSKH, *, impl: str = "xla", **mask):
 class DenseAttention(MultiHeadAttention):
     """Full softmax attention (Vaswani et al. 2017, eq. 1)."""
 
+    supports_pallas = True  # model.attention_impl="pallas" runs the flash kernel (attention/flash.py)
+
     def core(self, q_BTNH, k_BSKH, v_BSKH, *, ctx=None, **mask):
         return dense_attention(q_BTNH, k_BSKH, v_BSKH, impl=self.impl, **mask)

@@ -392,6 +392,8 @@ def dilation_per_head(cfg) -> tuple[int, ...]:
 class LongformerAttention(MultiHeadAttention):
     """Dilated sliding-window attention with global tokens (Beltagy et al. 2020, Sec. 3.1)."""
 
+    supports_pallas = True  # model.attention_impl="pallas" runs the flash kernel (attention/flash.py)
+
     def __init__(self, cfg, *, rngs: nnx.Rngs):
         self.validate_config(cfg)
         super().__init__(cfg, rngs=rngs)

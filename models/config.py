@@ -82,3 +82,7 @@ def validate_model_config(cfg) -> None:
 
     if cfg.attention_impl not in DENSE_IMPLS:
         raise ConfigError(f"model.attention_impl={cfg.attention_impl!r} must be one of {sorted(DENSE_IMPLS)}")
+    if cfg.attention_impl == "pallas" and not getattr(ATTENTION_REGISTRY[cfg.attention], "supports_pallas", False):
+        # "auto" quietly means XLA for such variants; an explicit "pallas" that would do nothing is an error.
+        raise ConfigError(f"model.attention_impl='pallas' has no kernel for model.attention={cfg.attention!r} "
+                          "(use 'xla' or 'auto')")

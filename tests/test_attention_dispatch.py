@@ -32,6 +32,9 @@ def test_config_accepts_the_impls_and_names_a_bad_one():
         validate_model_config(model_cfg(attention_impl=impl))
     with pytest.raises(ConfigError, match="model.attention_impl='triton'"):
         validate_model_config(model_cfg(attention_impl="triton"))
+    with pytest.raises(ConfigError, match="no kernel for model.attention='performer'"):
+        validate_model_config(model_cfg(attention_impl="pallas", attention="performer"))
+    validate_model_config(model_cfg(attention_impl="auto", attention="performer"))
 
 
 def test_dense_core_dispatch():
