@@ -1,8 +1,9 @@
 """Dense (full softmax) attention: the core function and the registered layer.
 
-`dense_attention` dispatches on `impl`: "xla" is the batched-matmul path
-below (grouped-query heads handled by a reshape, never by repeating K/V);
-Pallas kernels add entries to `DENSE_IMPLS` when they land.
+`dense_attention` dispatches on `impl` (`model.attention_impl`): "xla" is the
+batched-matmul path below (grouped-query heads handled by a reshape, never by
+repeating K/V); "pallas" is the flash kernel (attention/flash.py); "auto"
+picks "pallas" on GPU/TPU and "xla" on CPU when the model is traced.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from attention.base import MultiHeadAttention
+from attention.flash import dense_attention_pallas, resolve_impl
 from attention.masks import dense_mask_BTS
 from attention.registry import register_attention
 
@@ -61,7 +63,16 @@ def _never_empty(causal, q_positions_BT, q_segment_ids_BT, kv_lengths_B, window)
         window is None or window[0] is None or window[0] >= 0)
 
 
-DENSE_IMPLS: dict[str, Callable[..., jax.Array]] = {"xla": dense_attention_xla}
+def dense_attention_auto(q_BTNH, k_BSKH, v_BSKH, **mask):
+    """The flash kernel on GPU/TPU, the XLA path on CPU (decided at trace time)."""
+    return DENSE_IMPLS[resolve_impl("auto")](q_BTNH, k_BSKH, v_BSKH, **mask)
+
+
+DENSE_IMPLS: dict[str, Callable[..., jax.Array]] = {
+    "xla": dense_attention_xla,
+    "pallas": dense_attention_pallas,
+    "auto": dense_attention_auto,
+}
 
 
 def dense_attention(q_BTNH, k_BSKH, v_BSKH, *, impl: str = "xla", **mask):
@@ -73,6 +84,8 @@ def dense_attention(q_BTNH, k_BSKH, v_BSKH, *, impl: str = "xla", **mask):
 @register_attention("dense")
 class DenseAttention(MultiHeadAttention):
     """Full softmax attention (Vaswani et al. 2017, eq. 1)."""
+
+    supports_pallas = True  # model.attention_impl="pallas" runs the flash kernel (attention/flash.py)
 
     def core(self, q_BTNH, k_BSKH, v_BSKH, *, ctx=None, **mask):
         return dense_attention(q_BTNH, k_BSKH, v_BSKH, impl=self.impl, **mask)

@@ -47,6 +47,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from attention.base import MultiHeadAttention, head_dim_of
+from attention import flash
+from attention.flash import resolve_impl, window_attention_pallas
 from attention.kv_cache import KVCache
 from attention.linear import linear
 from attention.masks import default_positions
@@ -206,16 +208,34 @@ def _window_attention(q_BTNH, k_BSKH, v_BSKH, *, rate, Gd, window, causal, seg_q
     return out.reshape(B, rate * U * L, Nd, H)[:, :T]
 
 
+def _window_attention_kernel(q_BTNH, k_BSKH, v_BSKH, *, rate, window, causal, seg_q_BT, seg_k_BS, key_ok_BS,
+                             t_BT, glob, scale):
+    """`_window_attention` through the flash kernel: the band in sub-sequence steps, invisible keys as segment 0."""
+    left, right = band(window, causal)
+    global_keys = None
+    if glob is not None:
+        take = lambda x_BSKH: jnp.take_along_axis(x_BSKH, glob.idx_BA[:, :, None, None], axis=1)  # noqa: E731
+        mask_BTA = glob.ok_BA[:, None, :] & (seg_q_BT[:, :, None] == glob.seg_BA[:, None, :])
+        if causal:
+            mask_BTA &= glob.idx_BA[:, None, :] <= t_BT[:, :, None]
+        global_keys = (take(k_BSKH), take(v_BSKH), mask_BTA)
+    return window_attention_pallas(
+        q_BTNH, k_BSKH, v_BSKH, rate=rate, left=left, right=right, seg_q_BT=seg_q_BT,
+        seg_k_BS=jnp.where(key_ok_BS, seg_k_BS, 0), scale=scale, global_keys=global_keys)
+
+
 def longformer_attention(
     q_BTNH, k_BSKH, v_BSKH, *, window: int, causal: bool, dilation: int | Sequence[int] = 1,
     q_segment_ids_BT=None, kv_segment_ids_BS=None, kv_lengths_B=None,
-    global_inputs: GlobalInputs | None = None, scale: float | None = None,
+    global_inputs: GlobalInputs | None = None, scale: float | None = None, impl: str = "xla",
 ) -> jax.Array:
     """Self-attention (S == T) with a dilated sliding window and optional global tokens.
 
     Masks follow attention/masks.py: segment id 0 is padding, keys at index
     >= kv_lengths_B are padding, and packed segments never see each other.
     A query with no visible key outputs zeros. Logits and softmax in float32.
+    `impl` ("xla" | "pallas" | "auto", `model.attention_impl`) runs the window
+    part blocked in XLA below or through the flash kernel (attention/flash.py).
     """
     B, T, N, H = q_BTNH.shape
     S, K = k_BSKH.shape[1], k_BSKH.shape[2]
@@ -243,12 +263,20 @@ def longformer_attention(
     else:
         key_ok_local_BS = key_ok_BS
 
+    # On TPU the kernel is splash attention, which cannot merge with the global keys' softmax (attention/flash.py).
+    use_kernel = resolve_impl(impl) == "pallas" and not (global_inputs is not None and flash.backend() == "tpu")
     outs, order = [], []
     for rate, heads, kv, Gd in _head_groups(dilation_N, G):
         whole = len(heads) == N
         q_sel = q_BTNH if whole else jnp.take(q_BTNH, jnp.array(heads), axis=2)
         k_sel = k_BSKH if whole else jnp.take(k_BSKH, jnp.array(kv), axis=2)
         v_sel = v_BSKH if whole else jnp.take(v_BSKH, jnp.array(kv), axis=2)
+        if use_kernel:
+            outs.append(_window_attention_kernel(
+                q_sel, k_sel, v_sel, rate=rate, window=window, causal=causal, seg_q_BT=seg_q, seg_k_BS=seg_k,
+                key_ok_BS=key_ok_local_BS, t_BT=t_BT, glob=glob, scale=scale))
+            order += heads
+            continue
         outs.append(_window_attention(
             q_sel, k_sel, v_sel, rate=rate, Gd=Gd, window=window, causal=causal,
             seg_q_BT=seg_q, seg_k_BS=seg_k, key_ok_BS=key_ok_local_BS, t_BT=t_BT, glob=glob, scale=scale))
@@ -364,6 +392,8 @@ def dilation_per_head(cfg) -> tuple[int, ...]:
 class LongformerAttention(MultiHeadAttention):
     """Dilated sliding-window attention with global tokens (Beltagy et al. 2020, Sec. 3.1)."""
 
+    supports_pallas = True  # model.attention_impl="pallas" runs the flash kernel (attention/flash.py)
+
     def __init__(self, cfg, *, rngs: nnx.Rngs):
         self.validate_config(cfg)
         super().__init__(cfg, rngs=rngs)
@@ -422,7 +452,7 @@ class LongformerAttention(MultiHeadAttention):
         return longformer_attention(
             q_BTNH, k_BSKH, v_BSKH, window=self.window, causal=causal, dilation=self.dilation_N,
             q_segment_ids_BT=q_segment_ids_BT, kv_segment_ids_BS=kv_segment_ids_BS,
-            kv_lengths_B=kv_lengths_B, global_inputs=global_inputs)
+            kv_lengths_B=kv_lengths_B, global_inputs=global_inputs, impl=self.impl)
 
     def __call__(self, x_BTD, *, positions_BT=None, segment_ids_BT=None, kv_lengths_B=None,
                  cache: KVCache | None = None, ctx=None):

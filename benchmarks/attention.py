@@ -13,6 +13,12 @@ needed to know it). A configuration whose planned memory exceeds
 `--max-gib` is skipped and reported as such. It also times our dense core
 against `jax.nn.dot_product_attention(implementation="xla")` at 1K-4K.
 
+It also runs our Pallas flash kernel (kernels/flash_attention) in interpret
+mode at the smallest length as a correctness smoke only: its error against
+the XLA dense core, forward and gradients (interpreted Pallas is far too
+slow on CPU for its time to mean anything; GPU timings are
+benchmarks/flash_attention.py's job).
+
 It fits the exponent of time and memory in n (least squares on log-log
 between 2K and 32K) and writes `attention_complexity.json`, `report.md`
 and `attention_complexity.png` to `--out`. The claim under test: dense is
@@ -88,6 +94,22 @@ def dense_vs_jax(n: int, repeats: int) -> dict:
     return {"n": n, "ours_s": t_ours, "jax_nn_s": t_theirs, "ours_speedup": t_theirs / t_ours}
 
 
+def kernel_smoke(n: int) -> dict:
+    """Largest |difference| between the flash kernel (interpret mode) and the XLA dense core at length n."""
+    from kernels.flash_attention import flash_attention
+
+    q, k, v = (jax.random.normal(jax.random.key(i), (1, n, 4, 64)) for i in range(3))
+
+    def fwd_and_grads(attn):
+        out, pullback = jax.vjp(attn, q, k, v)
+        return (out, *pullback(jnp.cos(out)))
+
+    ours = jax.jit(lambda: fwd_and_grads(lambda q, k, v: flash_attention(q, k, v, interpret=True)))()
+    xla = jax.jit(lambda: fwd_and_grads(dense_attention_xla))()
+    errs = [float(jnp.max(jnp.abs(a - b))) for a, b in zip(ours, xla)]
+    return {"n": n, "max_abs_err_out": errs[0], "max_abs_err_grads": max(errs[1:])}
+
+
 def exponent(rows: list[dict], kind: str, key: str, lo: int = 2048, hi: int = 32768) -> float | None:
     pts = [(r["n"], r[key]) for r in rows if r["type"] == kind and key in r and lo <= r["n"] <= hi]
     if len(pts) < 2:
@@ -96,7 +118,7 @@ def exponent(rows: list[dict], kind: str, key: str, lo: int = 2048, hi: int = 32
     return float(np.polyfit(n, y, 1)[0])
 
 
-def summarize(rows: list[dict], vs_jax: list[dict]) -> dict:
+def summarize(rows: list[dict], vs_jax: list[dict], smoke: dict | None = None) -> dict:
     out = {"exponents": {}, "checks": {}}
     for kind in TYPES:
         out["exponents"][kind] = {k: exponent(rows, kind, k) for k in ("fwd_s", "fwd_bwd_s", "peak_bytes")}
@@ -113,6 +135,7 @@ def summarize(rows: list[dict], vs_jax: list[dict]) -> dict:
     slower = sorted(n for n, s in faster.items() if s is not None and s < 1.0)
     out["checks"]["performer_slower_than_dense_at"] = slower
     out["checks"]["dense_vs_jax_nn"] = vs_jax
+    out["checks"]["pallas_kernel_smoke"] = smoke
     return out
 
 
@@ -159,6 +182,10 @@ def markdown(rows: list[dict], summary: dict, peak_note: str) -> str:
     for r in c["dense_vs_jax_nn"]:
         lines.append(f"- Dense core vs jax.nn.dot_product_attention(xla) at n={r['n']}: ours {r['ours_s'] * 1e3:.1f} ms, "
                      f"jax.nn {r['jax_nn_s'] * 1e3:.1f} ms ({r['ours_speedup']:.2f}x)")
+    s = c.get("pallas_kernel_smoke")
+    if s:
+        lines.append(f"- Pallas flash kernel, interpret mode (correctness only) at n={s['n']}: max |diff| vs the XLA "
+                     f"core {s['max_abs_err_out']:.1e} (output), {s['max_abs_err_grads']:.1e} (gradients)")
     return "\n".join(lines) + "\n"
 
 
@@ -169,6 +196,7 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--max-gib", type=float, default=12.0, help="skip configurations planning more memory")
     p.add_argument("--out", default=None, help="folder for the JSON, markdown and PNG")
+    p.add_argument("--no-kernel-smoke", action="store_true", help="skip the Pallas interpret-mode correctness smoke")
     a = p.parse_args(argv)
     lengths = [int(x) for x in a.lengths.split(",")]
     rows = []
@@ -179,7 +207,8 @@ def main(argv=None) -> None:
             t = f"fwd {r['fwd_s']:.4f}s fwd+bwd {r['fwd_bwd_s']:.4f}s" if "fwd_s" in r else r["skipped"]
             print(f"n={n:6d} {kind:10s} {t}  planned peak {r['peak_bytes'] / 2**20:.0f} MiB", flush=True)
     vs_jax = [dense_vs_jax(n, a.repeats) for n in lengths if 1024 <= n <= 4096]
-    summary = summarize(rows, vs_jax)
+    smoke = kernel_smoke(min(lengths)) if not a.no_kernel_smoke else None
+    summary = summarize(rows, vs_jax, smoke)
     note = (f"Measured with `python -m benchmarks.attention` on {jax.devices()[0].device_kind} "
             f"({os.cpu_count()} cores), batch 1, width 256, 4 heads of 64, bidirectional; medians of {a.repeats}.")
     md = markdown(rows, summary, note)

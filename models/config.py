@@ -22,7 +22,7 @@ def default_model_config() -> ml_collections.ConfigDict:
         d_ff=512,
         activation="gelu",     # gelu | swiglu
         attention="dense",     # key into attention.registry
-        attention_impl="xla",  # how the attention core runs (xla now; pallas later)
+        attention_impl="xla",  # attention core: xla | pallas (flash kernel; interpret mode on CPU) | auto (pallas on GPU/TPU)
         ffn="mlp",             # key into models.ffn registry
         ffn_every=1,           # FFN type on every k-th layer, "mlp" elsewhere
         causal=True,
@@ -109,3 +109,7 @@ def validate_model_config(cfg) -> None:
 
     if cfg.attention_impl not in DENSE_IMPLS:
         raise ConfigError(f"model.attention_impl={cfg.attention_impl!r} must be one of {sorted(DENSE_IMPLS)}")
+    if cfg.attention_impl == "pallas" and not getattr(ATTENTION_REGISTRY[cfg.attention], "supports_pallas", False):
+        # "auto" quietly means XLA for such variants; an explicit "pallas" that would do nothing is an error.
+        raise ConfigError(f"model.attention_impl='pallas' has no kernel for model.attention={cfg.attention!r} "
+                          "(use 'xla' or 'auto')")
