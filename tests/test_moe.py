@@ -214,12 +214,14 @@ def test_blocked_gmm_equals_ragged_dot(sizes, block):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("impl", ["blocked", "ragged_dot"])
+@pytest.mark.parametrize("impl", ["blocked", "ragged_dot", "pallas"])
 def test_layer_dropless_impls_agree_with_capacity_without_drops(impl):
     base = dict(dispatch="capacity", capacity_factor=2.0, eval_capacity_factor=2.0)  # C = S: nothing dropped
     x = jax.random.normal(jax.random.key(0), (2, 8, 32))
     y_cap, aux_cap = MoEFFN(moe_cfg(**base).model, rngs=nnx.Rngs(0))(x)
-    y_drop, aux_drop = MoEFFN(moe_cfg(dispatch="dropless", gmm_impl=impl).model, rngs=nnx.Rngs(0))(x)
+    layer = MoEFFN(moe_cfg(dispatch="dropless", gmm_impl=impl).model, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(layer)
+    y_drop, _ = jax.jit(lambda p, x: nnx.merge(graphdef, p)(x))(params, x)  # Pallas interpret mode wants jit
     assert float(aux_cap["moe/dropped_fraction"]) == 0.0
     np.testing.assert_allclose(y_drop, y_cap, rtol=1e-5, atol=1e-6)
 
