@@ -320,7 +320,7 @@ def _unit(metric: str) -> str:
     return metric.rsplit("/", 1)[-1]
 
 
-def _plain_line(c: dict, corr: str, unit: str) -> str:
+def _plain_line(c: dict, corr: str, unit: str, higher: bool = False) -> str:
     if c["status"] != "ok":
         return f"`{c['point']}` vs `{c['baseline']}`: not enough seeds for a comparison (need >= 2 in each)."
     half = (c["ci_high"] - c["ci_low"]) / 2
@@ -331,7 +331,7 @@ def _plain_line(c: dict, corr: str, unit: str) -> str:
         test += f", Wilcoxon p = {_p(c['p_wilcoxon'])}"
     if math.isfinite(c["p_adj"]) and c["p_adj"] < ALPHA and c["diff"] != 0:
         # The verb carries the direction, so the sentence gives magnitudes.
-        verb = "beats" if c["diff"] < 0 else "is worse than"
+        verb = "beats" if (c["diff"] > 0) == higher else "is worse than"
         tail = f"(p_{corr} = {_p(c['p_adj'])}, {c['d_kind']} = {abs(c['d']):.2f}; {test})"
         return f"{c['point']} {verb} {c['baseline']} by {diff_s} ± {half_s} {unit} {c['matched']} {tail}"
     tail = f"(p_{corr} = {_p(c['p_adj'])}, {c['d_kind']} = {c['d']:.2f}; {test})"
@@ -396,7 +396,7 @@ def render_markdown(an: dict, title: str = "", load_errors=(), suffix: str = "")
 
     lines += ["", "## Comparisons", ""]
     if an["comparisons"]:
-        lines += [f"- {_plain_line(c, corr, unit)}" for c in an["comparisons"]]
+        lines += [f"- {_plain_line(c, corr, unit, higher_is_better(metric))}" for c in an["comparisons"]]
     else:
         lines.append("- No comparisons (a single point, or every point has a single seed).")
 

@@ -590,3 +590,20 @@ def test_notebook_executes(tmp_path, monkeypatch):
     assert "Holm" in text
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) >= 2
+
+
+def test_direction_of_a_metric_sets_the_verb(tmp_path):
+    # Point "b" is higher than "a" on every seed: better for an accuracy, worse for a loss.
+    recs = []
+    for seed in range(4):
+        for point, v in (("a", 0.5), ("b", 0.6)):
+            r = _record(point, 64, seed, v + 0.01 * seed)
+            r["final"]["eval/accuracy"] = r["final"]["eval/bpb"]
+            recs.append(r)
+    path = tmp_path / "results.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    acc = report.write_report(tmp_path, baseline="a", metric="eval/accuracy", suffix="_acc").read_text()
+    bpb = report.write_report(tmp_path, baseline="a", metric="eval/bpb").read_text()
+    assert "b beats a" in acc and "higher is better" in acc and (tmp_path / "curves_acc.png").exists()
+    assert "b is worse than a" in bpb and "lower is better" in bpb
+    assert report.higher_is_better("eval/moe/load_entropy") and not report.higher_is_better("eval/moe/max_fraction")
