@@ -22,6 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def smoke_cfg(**train_kw):
     c = apply_smoke(base_config())
     c.train.update(tensorboard=False, **train_kw)
+    c.data.eval_batches = 1
     c.sample.num_tokens = 0
     return c
 
@@ -39,25 +40,33 @@ def losses(workdir):
 # Restore onto a different mesh
 # --------------------------------------------------------------------------
 
-def test_fsdp_checkpoint_continues_on_4_device_dp_and_on_1_device(tmp_path, devices):
-    """Saved on 8 devices (data=2 x fsdp=4), continued on the same mesh, on 4 devices DP, on 1 device."""
-    def cfg(shape, rules, **kw):
-        c = smoke_cfg(log_every=1, checkpoint_every=3, eval_every=3, **kw)
-        c.mesh.shape.update(data=1, fsdp=1, tensor=1)
-        c.mesh.shape.update(**shape)
-        c.mesh.rules = rules
-        return c
+def mesh_cfg(shape, rules, **kw):
+    c = smoke_cfg(log_every=1, checkpoint_every=3, eval_every=1000, **kw)
+    c.mesh.shape.update(data=1, fsdp=1, tensor=1)
+    c.mesh.shape.update(**shape)
+    c.mesh.rules = rules
+    return c
 
-    saved = tmp_path / "saved"
-    train.train_and_evaluate(cfg({"data": 2, "fsdp": 4}, "fsdp", stop_at=3), str(saved), devices)
+
+@pytest.fixture(scope="module")
+def fsdp_checkpoint(tmp_path_factory, devices):
+    """3 steps on 8 devices, data=2 x fsdp=4: parameters and Adam moments sharded over fsdp."""
+    wd = tmp_path_factory.mktemp("fsdp_saved")
+    train.train_and_evaluate(mesh_cfg({"data": 2, "fsdp": 4}, "fsdp", stop_at=3), str(wd), devices)
+    return wd
+
+
+@pytest.mark.slow
+def test_fsdp_checkpoint_continues_on_4_device_dp_and_on_1_device(fsdp_checkpoint, tmp_path, devices):
+    """Continued on the same mesh, on 4 devices pure data parallel, on 1 device: the same losses."""
     runs = {"same_mesh": ({"data": 2, "fsdp": 4}, "fsdp", devices),
             "dp4": ({"data": 4}, "dp", devices[:4]),
             "one_device": ({}, "dp", devices[:1])}
     out = {}
     for name, (shape, rules, devs) in runs.items():
         wd = tmp_path / name
-        shutil.copytree(saved, wd)
-        out[name] = train.train_and_evaluate(cfg(shape, rules), str(wd), devs)  # no flag: config + shapes suffice
+        shutil.copytree(fsdp_checkpoint, wd)
+        out[name] = train.train_and_evaluate(mesh_cfg(shape, rules), str(wd), devs)  # no flag needed
         assert sorted(losses(wd)) == [1, 2, 3, 4, 5, 6]
     ref = losses(tmp_path / "same_mesh")
     for name in ("dp4", "one_device"):
@@ -66,18 +75,15 @@ def test_fsdp_checkpoint_continues_on_4_device_dp_and_on_1_device(tmp_path, devi
         np.testing.assert_allclose(out[name]["final"]["eval/loss"], out["same_mesh"]["final"]["eval/loss"], rtol=1e-5)
 
 
-def test_restored_arrays_take_the_new_mesh_sharding(tmp_path, devices):
-    c = smoke_cfg(stop_at=3)
-    c.mesh.shape.update(data=2, fsdp=4)
-    train.train_and_evaluate(c, str(tmp_path), devices)
-    c1 = smoke_cfg()
-    c1.mesh.shape.update(data=4, fsdp=1)
-    c1.mesh.rules = "dp"
-    s = train.setup(c1, devices[:4])
-    ckpt = Checkpointer(str(tmp_path), keep=2)
-    with jax.set_mesh(s.mesh):
-        state = ckpt.restore(ckpt.latest_step(), train.abstract_state(s))
-    ckpt.close()
+def test_restored_arrays_take_the_new_mesh_sharding(fsdp_checkpoint, devices):
+    s = train.setup(mesh_cfg({"data": 4}, "dp"), devices[:4])
+    ckpt = Checkpointer(str(fsdp_checkpoint), keep=2)
+    try:
+        assert ckpt.latest_step() == 3
+        with jax.set_mesh(s.mesh):
+            state = ckpt.restore(3, train.abstract_state(s))
+    finally:
+        ckpt.close()
     w = state["params"]["blocks"][0]["ffn"]["wi_DF"]
     assert w.sharding.is_fully_replicated and len(w.sharding.device_set) == 4
     assert int(state["step"]) == 3
