@@ -105,3 +105,31 @@ def test_distributed_args_from_flags_env_and_clusters():
         distributed_args("h", 2, 0, {})
     with pytest.raises(ConfigError, match="JAX_NUM_PROCESSES='two' must be an integer"):
         distributed_args(None, None, None, {**env, "JAX_NUM_PROCESSES": "two"})
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_all_at_the_same_step(tmp_path):
+    """The notice reaches process 1 only; JAX's preemption sync point makes both save step n and exit 0."""
+    import signal
+    import time
+
+    wd = tmp_path / "run"
+    args = cli_args(wd, **{"train.num_steps": 300, "train.eval_every": 1000, "train.checkpoint_every": 1000,
+                           "train.tensorboard": False, "sample.num_tokens": 0})
+    procs = launch.start(args, num_processes=2, devices_per_process=4, logdir=str(tmp_path / "logs"))
+    try:
+        deadline = time.monotonic() + 240
+        metrics = wd / "metrics.jsonl"
+        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+            assert all(p.poll() is None for p in procs) and time.monotonic() < deadline, "no step 3"
+            time.sleep(0.01)
+        procs[1].send_signal(signal.SIGTERM)
+    finally:
+        codes, timed_out = launch.wait(procs, timeout=240)
+    logs = [(tmp_path / "logs" / f"process_{i}.log").read_text() for i in range(2)]
+    assert codes == [0, 0] and not timed_out, "\n----\n".join(x[-3000:] for x in logs)
+    last = [line for line in logs[0].splitlines() if line.startswith("preempted: ")]
+    assert len(last) == 1, logs[0][-3000:]
+    n = int(last[0].split("at step ")[1].split()[0])
+    assert os.listdir(wd / "checkpoints") == [str(n)]
+    assert max(s for s, _ in curve(wd, "train/loss")) == n
