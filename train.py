@@ -445,6 +445,9 @@ def main(argv=None) -> int:
     flags.DEFINE_string("coordinator_address", None, "host:port of process 0, shared by every process.")
     flags.DEFINE_integer("num_processes", None, "Number of processes in the run.")
     flags.DEFINE_integer("process_id", None, "This process's index, 0 .. num_processes-1.")
+    flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
+                      "auto: join a multi-process run when flags, JAX_* variables or a cluster say so; "
+                      "on: always call jax.distributed.initialize (e.g. a TPU VM pod slice); off: never.")
     flags.mark_flags_as_required(["config", "workdir"])
 
     def run(_):
@@ -453,7 +456,9 @@ def main(argv=None) -> int:
             logging.getLogger(noisy).setLevel(logging.WARNING)
         try:
             initialize_distributed(distributed_args(flags_.coordinator_address, flags_.num_processes,
-                                                    flags_.process_id))
+                                                    flags_.process_id, mode=flags_.distributed))
+            if jax.process_index() > 0:
+                log.setLevel(logging.WARNING)  # only process 0 reports progress
             summary = train_and_evaluate(flags_.config, flags_.workdir)
         except INPUT_ERRORS as e:
             print(f"error: {e}", file=sys.stderr)

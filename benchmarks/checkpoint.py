@@ -126,11 +126,25 @@ def multiprocess_slowdown(root: str, steps: int) -> dict[str, float]:
     return {"tps_one": tps1, "tps_two": tps2, "slowdown": tps1 / tps2, "wall_one": wall_one, "wall_two": wall_two}
 
 
+def report_checkpoint(cfg, repeats: int, root: str) -> None:
+    t = checkpoint_times(cfg, repeats, root)
+    step = t["train_step"]
+    print(f"== checkpoint, {train.param_count(cfg.model):,} params, state {t['state_bytes'] / 2**20:.0f} MiB, "
+          f"medians of {repeats}; train step {1e3 * step:.0f} ms")
+    for k, label in (("sync_save", "sync save (total)"), ("async_blocking", "async save, blocking part"),
+                     ("async_total", "async save, total"), ("restore", "restore")):
+        print(f"  {label:27s} {1e3 * t[k]:8.0f} ms  = {t[k] / step:5.2f} train steps")
+    print(f"  async blocking / sync save: {t['async_blocking'] / t['sync_save']:.3f}")
+    print(f"  async total / sync save:    {t['async_total'] / t['sync_save']:.2f}")
+    print(f"  restore / sync save:        {t['restore'] / t['sync_save']:.2f}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--steps", type=int, default=30, help="steps of the 1- vs 2-process lm_tiny runs")
     p.add_argument("--no-multiprocess", action="store_true")
+    p.add_argument("--no-checkpoint", action="store_true", help="only the 1- vs 2-process comparison")
     p.add_argument("--config", choices=["20m", "smoke"], default="20m", help="smoke: a tiny model, for the tests")
     a = p.parse_args(argv)
     if a.config == "20m":
@@ -141,15 +155,8 @@ def main(argv=None):
         cfg = apply_smoke(config_20m())
     root = tempfile.mkdtemp(prefix="bench_ckpt_")
     try:
-        t = checkpoint_times(cfg, a.repeats, root)
-        step = t["train_step"]
-        print(f"== checkpoint, {train.param_count(cfg.model):,} params, state {t['state_bytes'] / 2**20:.0f} MiB, "
-              f"medians of {a.repeats}; train step {1e3 * step:.0f} ms")
-        for k, label in (("sync_save", "sync save (total)"), ("async_blocking", "async save, blocking part"),
-                         ("async_total", "async save, total"), ("restore", "restore")):
-            print(f"  {label:27s} {1e3 * t[k]:8.0f} ms  = {t[k] / step:5.2f} train steps")
-        print(f"  async blocking / sync save: {t['async_blocking'] / t['sync_save']:.3f}")
-        print(f"  async total / sync save:    {t['async_total'] / t['sync_save']:.2f}")
+        if not a.no_checkpoint:
+            report_checkpoint(cfg, a.repeats, root)
         if not a.no_multiprocess:
             m = multiprocess_slowdown(root, a.steps)
             print(f"== lm_tiny, data=2 x fsdp=4, {a.steps} steps: 1 process x 8 devices {m['tps_one']:,.0f} tokens/s, "

@@ -97,6 +97,8 @@ def test_distributed_args_from_flags_env_and_clusters():
     assert distributed_args(None, None, None, {"OMPI_COMM_WORLD_SIZE": "4"}).source == "openmpi"
     assert distributed_args(None, None, None, {"TPU_WORKER_HOSTNAMES": "a,b,c,d"}).source == "tpu"
     assert distributed_args(None, None, None, {"TPU_WORKER_HOSTNAMES": "localhost"}) is None
+    assert distributed_args(None, None, None, {}, mode="on") == DistributedArgs(source="cluster")
+    assert distributed_args("h:1", 2, 0, slurm, mode="off") is None
     with pytest.raises(ConfigError, match="process_id is missing"):
         distributed_args("h:1", 2, None, {})
     with pytest.raises(ConfigError, match=r"process_id=2 must be in \[0, 2\)"):

@@ -12,10 +12,16 @@ How a process learns its place, in order:
 2. the environment variables `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES`,
    `JAX_PROCESS_ID` (for launchers that set variables rather than flags);
 3. a detected cluster: Slurm (`srun`, more than one task), Open MPI
-   (`mpirun`, more than one rank) or a multi-host Cloud TPU slice. There
-   `jax.distributed.initialize()` is called with no arguments and JAX reads
-   the coordinator, process count and id from the cluster itself;
+   (`mpirun`, more than one rank) or a multi-host Cloud TPU slice whose
+   workers are listed in the environment (GKE: `TPU_WORKER_HOSTNAMES`,
+   `TPU_PROCESS_ADDRESSES`). There `jax.distributed.initialize()` is called
+   with no arguments and JAX reads the coordinator, process count and id
+   from the cluster itself;
 4. none of these: a single-process run, nothing is initialized.
+
+`--distributed=on` forces step 3 where the environment says nothing (a TPU
+VM pod slice on GCE, where JAX asks the metadata server); `--distributed=off`
+never initializes.
 
 On CPU, cross-process collectives go through gloo (set explicitly here,
 although it is JAX's default, so a changed default cannot silently break
@@ -44,7 +50,7 @@ class DistributedArgs:
     coordinator_address: str | None = None
     num_processes: int | None = None
     process_id: int | None = None
-    source: str = "flags"  # flags | env | slurm | openmpi | tpu
+    source: str = "flags"  # flags | env | slurm | openmpi | tpu | cluster (forced, JAX detects)
 
 
 def _int(value, name: str) -> int:
@@ -66,15 +72,22 @@ def detected_cluster(environ: Mapping[str, str]) -> str | None:
     if "OMPI_COMM_WORLD_SIZE" in environ and _int(environ["OMPI_COMM_WORLD_SIZE"], "OMPI_COMM_WORLD_SIZE") > 1:
         return "openmpi"
     # Cloud TPU VMs list every host of the slice (GKE and queued resources).
-    hosts = environ.get("TPU_WORKER_HOSTNAMES", "")
+    hosts = environ.get("TPU_PROCESS_ADDRESSES", "") or environ.get("TPU_WORKER_HOSTNAMES", "")
     if len([h for h in hosts.split(",") if h.strip()]) > 1:
         return "tpu"
     return None
 
 
+MODES = ("auto", "on", "off")
+
+
 def distributed_args(coordinator_address: str | None, num_processes: int | None, process_id: int | None,
-                     environ: Mapping[str, str] = os.environ) -> DistributedArgs | None:
+                     environ: Mapping[str, str] = os.environ, mode: str = "auto") -> DistributedArgs | None:
     """Decides whether and how to join a multi-process run (pure; see the module doc)."""
+    if mode not in MODES:
+        raise ConfigError(f"distributed={mode!r} must be one of {list(MODES)}")
+    if mode == "off":
+        return None
     given = [v is not None and v != "" for v in (coordinator_address, num_processes, process_id)]
     source = "flags"
     if not any(given):
@@ -100,7 +113,7 @@ def distributed_args(coordinator_address: str | None, num_processes: int | None,
         if n == 1:
             return None
         return DistributedArgs(str(coordinator_address), n, i, source)
-    cluster = detected_cluster(environ)
+    cluster = detected_cluster(environ) or ("cluster" if mode == "on" else None)
     return DistributedArgs(source=cluster) if cluster else None
 
 
