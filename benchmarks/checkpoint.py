@@ -18,9 +18,9 @@ numbers are comparable across machines.
 
 Part 2: the same 30-step lm_tiny run (data=2 x fsdp=4 over 8 fake CPU
 devices) as one process with 8 devices and as 2 processes x 4 devices
-joined by `jax.distributed` (gloo), launched back to back; the steady-state
-tokens/s of each (logged intervals after the first, which holds the
-compilation) and the slowdown ratio.
+joined by `jax.distributed` (gloo), launched alternately (`--mp-repeats`
+pairs); the steady-state tokens/s of each (logged intervals after the
+first, which holds the compilation) and the slowdown ratio of each pair.
 """
 from __future__ import annotations
 
@@ -100,30 +100,36 @@ def _tokens_per_s(workdir: str) -> float:
     return _median(tps[1:])  # the first interval holds compilation
 
 
-def multiprocess_slowdown(root: str, steps: int) -> dict[str, float]:
+def _one_process(args, workdir) -> float:
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu", "CI": "1"}
+    out = subprocess.run([sys.executable, os.path.join(launch.ROOT, "train.py"), *args(workdir)], cwd=launch.ROOT,
+                         env=env, capture_output=True, text=True, timeout=1800)
+    if out.returncode:
+        raise RuntimeError(out.stderr[-2000:])
+    return _tokens_per_s(workdir)
+
+
+def _two_processes(args, workdir) -> float:
+    r = launch.run(args(workdir), num_processes=2, devices_per_process=4, logdir=workdir + "_logs", timeout=1800)
+    if r.returncodes != [0, 0]:
+        raise RuntimeError(r.outputs[0][-2000:])
+    return _tokens_per_s(workdir)
+
+
+def multiprocess_slowdown(root: str, steps: int, repeats: int) -> dict[str, float]:
+    """Alternates 1-process and 2-process launches; the slowdown of each pair, and their median."""
     args = lambda wd: ["--config", "experiments/lm_tiny.py", "--workdir", wd,  # noqa: E731
                        "--config.mesh.shape.data=2", "--config.mesh.shape.fsdp=4",
                        f"--config.train.num_steps={steps}", "--config.train.log_every=5",
                        "--config.train.eval_every=100000", "--config.train.checkpoint_every=100000",
                        "--config.train.tensorboard=False", "--config.sample.num_tokens=0",
                        "--config.data.eval_batches=1"]
-    one = os.path.join(root, "one_process")
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu", "CI": "1"}
-    t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, os.path.join(launch.ROOT, "train.py"), *args(one)], cwd=launch.ROOT,
-                         env=env, capture_output=True, text=True, timeout=1800)
-    wall_one = time.perf_counter() - t0
-    if out.returncode:
-        raise RuntimeError(out.stderr[-2000:])
-    two = os.path.join(root, "two_processes")
-    t0 = time.perf_counter()
-    r = launch.run(args(two), num_processes=2, devices_per_process=4, logdir=os.path.join(root, "logs"),
-                   timeout=1800)
-    wall_two = time.perf_counter() - t0
-    if r.returncodes != [0, 0]:
-        raise RuntimeError(r.outputs[0][-2000:])
-    tps1, tps2 = _tokens_per_s(one), _tokens_per_s(two)
-    return {"tps_one": tps1, "tps_two": tps2, "slowdown": tps1 / tps2, "wall_one": wall_one, "wall_two": wall_two}
+    one, two = [], []
+    for r in range(repeats):
+        one.append(_one_process(args, os.path.join(root, f"one_{r}")))
+        two.append(_two_processes(args, os.path.join(root, f"two_{r}")))
+    ratios = [a / b for a, b in zip(one, two)]
+    return {"tps_one": _median(one), "tps_two": _median(two), "ratios": ratios, "slowdown": _median(ratios)}
 
 
 def report_checkpoint(cfg, repeats: int, root: str) -> None:
@@ -145,6 +151,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=30, help="steps of the 1- vs 2-process lm_tiny runs")
     p.add_argument("--no-multiprocess", action="store_true")
     p.add_argument("--no-checkpoint", action="store_true", help="only the 1- vs 2-process comparison")
+    p.add_argument("--mp-repeats", type=int, default=3, help="pairs of 1- and 2-process launches")
     p.add_argument("--config", choices=["20m", "smoke"], default="20m", help="smoke: a tiny model, for the tests")
     a = p.parse_args(argv)
     if a.config == "20m":
@@ -158,11 +165,12 @@ def main(argv=None):
         if not a.no_checkpoint:
             report_checkpoint(cfg, a.repeats, root)
         if not a.no_multiprocess:
-            m = multiprocess_slowdown(root, a.steps)
-            print(f"== lm_tiny, data=2 x fsdp=4, {a.steps} steps: 1 process x 8 devices {m['tps_one']:,.0f} tokens/s, "
-                  f"2 processes x 4 devices {m['tps_two']:,.0f} tokens/s")
-            print(f"  slowdown of 2 processes: {m['slowdown']:.2f}x (steady state); "
-                  f"launch wall time {m['wall_one']:.0f} s vs {m['wall_two']:.0f} s")
+            m = multiprocess_slowdown(root, a.steps, a.mp_repeats)
+            print(f"== lm_tiny, data=2 x fsdp=4, {a.steps} steps, medians of {a.mp_repeats} alternating launches: "
+                  f"1 process x 8 devices {m['tps_one']:,.0f} tokens/s, 2 processes x 4 devices "
+                  f"{m['tps_two']:,.0f} tokens/s (steady state)")
+            print(f"  slowdown of 2 processes: {m['slowdown']:.2f}x (pairs: "
+                  f"{', '.join(f'{x:.2f}x' for x in m['ratios'])})")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
