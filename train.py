@@ -36,8 +36,12 @@ from sharding.axes import logical_rules
 from sharding.mesh import MeshError, make_mesh
 from sharding.rules import logical_axes_of, logical_to_spec, rules_from_config, tree_shardings
 from tasks import get_task
+from trainer import nan_guard
 from trainer.checkpoint import Checkpointer, CheckpointMismatchError, check_compatible
+from trainer.distributed import distributed_args, initialize as initialize_distributed
+from trainer.nan_guard import NanMonitor, NonFiniteError
 from trainer.optim import make_optimizer
+from trainer.preemption import Preempted, PreemptionWatcher
 from trainer.writer import MetricWriter, Progress, progress_enabled
 
 log = logging.getLogger("train")
@@ -61,6 +65,8 @@ class Setup:
     batch_shardings: dict
     tx: optax.GradientTransformation
     schedule: optax.Schedule
+    nan_policy: str = "raise"
+    nan_injection: tuple[int, int] | None = None  # test-only (trainer/nan_guard.py)
 
 
 # --------------------------------------------------------------------------
@@ -113,8 +119,14 @@ def config_to_dict(config) -> dict:
 # The train step: pure, jitted once with explicit shardings and donated state
 # --------------------------------------------------------------------------
 
-def train_step(state: dict, batch: dict, *, graphdef, task, tx, schedule, accum_steps: int, rules):
-    """(state, batch) -> (state, metrics). Metrics are scalars, namespaced `train/...`."""
+def train_step(state: dict, batch: dict, *, graphdef, task, tx, schedule, accum_steps: int, rules,
+               nan_policy: str = "raise", nan_injection=None):
+    """(state, batch) -> (state, metrics). Metrics are scalars, namespaced `train/...`.
+
+    Two `nan_guard/...` entries flag a non-finite loss or gradient (the loop
+    takes them out); under nan_policy="skip" such a step leaves parameters
+    and optimizer state as they were.
+    """
     with logical_rules(rules):
         rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
 
@@ -124,25 +136,33 @@ def train_step(state: dict, batch: dict, *, graphdef, task, tx, schedule, accum_
 
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         if accum_steps == 1:
-            (_, metrics), grads = grad_fn(state["params"], batch, rng)
+            (loss, metrics), grads = grad_fn(state["params"], batch, rng)
         else:
             # [B, ...] -> [A, B/A, ...]: micro-batch a takes rows a*B/A .. (a+1)*B/A.
             micro_batches = jax.tree.map(lambda x: x.reshape(accum_steps, -1, *x.shape[1:]), batch)
 
             def body(carry, xs):
                 micro, i = xs
-                (_, m), g = grad_fn(state["params"], micro, jax.random.fold_in(rng, i))
-                return jax.tree.map(jnp.add, carry, (g, m)), None
+                (l, m), g = grad_fn(state["params"], micro, jax.random.fold_in(rng, i))
+                return jax.tree.map(jnp.add, carry, (g, m, l)), None
 
             zeros = jax.eval_shape(lambda: grad_fn(state["params"], jax.tree.map(lambda x: x[0], micro_batches), rng))
-            init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (zeros[1], zeros[0][1]))
-            (grads, metrics), _ = jax.lax.scan(body, init, (micro_batches, jnp.arange(accum_steps)))
-            grads, metrics = jax.tree.map(lambda x: x / accum_steps, (grads, metrics))
+            init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (zeros[1], zeros[0][1], zeros[0][0]))
+            (grads, metrics, loss), _ = jax.lax.scan(body, init, (micro_batches, jnp.arange(accum_steps)))
+            grads, metrics, loss = jax.tree.map(lambda x: x / accum_steps, (grads, metrics, loss))
 
+        grads = nan_guard.inject_nan(grads, state["step"], nan_injection)
+        finite, first_bad_leaf = nan_guard.finite_check(loss, grads)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         stats, extra = task.update_stats(state["stats"], metrics)
+        if nan_policy == "skip":
+            # A skipped step changes nothing: parameters, optimizer state and carried statistics.
+            params, opt_state, stats = nan_guard.keep_if(
+                finite, (params, opt_state, stats), (state["params"], state["opt_state"], state["stats"]))
         metrics = {f"train/{k}": v for k, v in {**metrics, **extra}.items()}
+        metrics[nan_guard.FLAG] = ~finite
+        metrics[nan_guard.LEAF] = first_bad_leaf
         metrics["train/grad_norm"] = optax.tree.norm(grads)
         metrics["train/lr"] = schedule(state["step"])
         new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1, "rng": state["rng"],
@@ -185,8 +205,9 @@ def setup(config, devices=None) -> Setup:
     state_shardings = {"params": param_shardings, "opt_state": opt_shardings, "step": replicated, "rng": replicated,
                        "stats": stats_shardings}
     batch_shardings = {k: NamedSharding(mesh, logical_to_spec(v, rules)) for k, v in task.batch_axes().items()}
+    nan_policy, nan_injection = nan_guard.validate(config.train, abstract_params)
     return Setup(config, mesh, rules, task, graphdef, abstract_params, param_shardings, state_shardings,
-                 batch_shardings, tx, schedule)
+                 batch_shardings, tx, schedule, nan_policy=nan_policy, nan_injection=nan_injection)
 
 
 def abstract_state(s: Setup) -> dict:
@@ -217,7 +238,8 @@ def jit_train_step(s: Setup, example_batch: dict):
     """`train_step` jitted once: explicit in/out shardings, state donated."""
     return jax.jit(
         functools.partial(train_step, graphdef=s.graphdef, task=s.task, tx=s.tx, schedule=s.schedule,
-                          accum_steps=int(s.config.optim.accum_steps), rules=s.rules),
+                          accum_steps=int(s.config.optim.accum_steps), rules=s.rules,
+                          nan_policy=s.nan_policy, nan_injection=s.nan_injection),
         in_shardings=(s.state_shardings, {k: s.batch_shardings[k] for k in example_batch}),
         out_shardings=(s.state_shardings, None),
         donate_argnums=0,
@@ -229,6 +251,20 @@ def jit_eval_step(s: Setup):
         functools.partial(eval_step, graphdef=s.graphdef, task=s.task, rules=s.rules),
         in_shardings=(s.param_shardings, s.batch_shardings),
     )
+
+
+def host_params_for_extras(params):
+    """Parameters a single process can use on its own (for samples at evaluation).
+
+    With several processes a parameter's shards live on other hosts, and a
+    computation over them must run on every process; gathering a host copy
+    (all processes take part) lets process 0 sample alone.
+    """
+    if jax.process_count() == 1:
+        return params
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(params, tiled=True)
 
 
 def to_global(batch: dict, shardings: dict) -> dict:
@@ -286,8 +322,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     ckpt = Checkpointer(workdir, keep=int(cfg.train.keep_checkpoints), async_save=bool(cfg.train.async_checkpointing))
     cfg_dict = config_to_dict(cfg)
     start = ckpt.latest_step()
+    saved_meta = ckpt.read_meta(start) if start is not None else {}
     if start is not None:
-        check_compatible(ckpt.read_meta(start)["config"], cfg_dict, workdir)
+        check_compatible(saved_meta["config"], cfg_dict, workdir)
 
     seq_len = int(cfg.data.seq_len)
     summary: dict[str, Any] = {
@@ -327,7 +364,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
         def run_eval(step: int) -> None:
             nonlocal last_eval
             metrics = {f"eval/{k}": v for k, v in evaluate(s, eval_fn, state["params"]).items()}
-            extras = s.task.eval_extras(nnx.merge(s.graphdef, state["params"]), step) if is_main else {}
+            params = host_params_for_extras(state["params"])
+            extras = s.task.eval_extras(nnx.merge(s.graphdef, params), step) if is_main else {}
             writer.write(step, {**metrics, **{f"eval/{k}": v for k, v in extras.items()}})
             curve.append({"step": step, **metrics})
             last_eval = metrics
@@ -337,32 +375,56 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
                     log.info("sample: %r", extras["sample"])
 
         def meta(step: int) -> dict:
-            return {"config": cfg_dict, "step": step, "data": {"seed": int(cfg.seed), "next_step": step}}
+            return {"config": cfg_dict, "step": step, "data": {"seed": int(cfg.seed), "next_step": step},
+                    "nan_guard": {"skipped_steps": monitor.skipped}}
 
-        for step in range(start, stop_at):
-            batch = to_global(s.task.train_batch(step), s.batch_shardings)
-            state, metrics = step_fn(state, batch)
-            done = step + 1
-            if done % cfg.train.log_every == 0 or done == stop_at:
-                metrics = jax.device_get(metrics)
-                now = time.perf_counter()
-                tps = (done - step_mark) * s.task.tokens_per_step / max(now - t_mark, 1e-9)
-                t_mark, step_mark = now, done
-                writer.write(done, {**metrics, "train/tokens_per_s": tps})
-                progress.update(done - progress_at, loss=f"{float(metrics['train/loss']):.3f}", tok_s=f"{tps:,.0f}")
-                progress_at = done
-                if not np.isfinite(metrics["train/loss"]):
-                    log.warning("non-finite loss at step %d", done)
-            if done % cfg.train.eval_every == 0 or done == stop_at:
-                run_eval(done)
-            if done % cfg.train.checkpoint_every == 0 or done == stop_at:
-                ckpt.save(done, state, meta(done))
-        if start >= stop_at and not last_eval:
-            run_eval(start)
-        progress.close()
-        ckpt.wait()
-        ckpt.close()
-        writer.close()
+        monitor = NanMonitor(s.nan_policy, nan_guard.leaf_names(s.abstract_params),
+                             skipped=int(saved_meta.get("nan_guard", {}).get("skipped_steps", 0)))
+        watcher = PreemptionWatcher()
+        preempted_at = None
+        try:
+            for step in range(start, stop_at):
+                batch = to_global(s.task.train_batch(step), s.batch_shardings)
+                state, metrics = step_fn(state, batch)
+                done = step + 1
+                monitor.push(done, metrics)  # checks the previous step while this one runs
+                preempt = watcher.reached(done)
+                if done % cfg.train.log_every == 0 or done == stop_at or preempt:
+                    monitor.flush()
+                    metrics = jax.device_get(metrics)
+                    now = time.perf_counter()
+                    tps = (done - step_mark) * s.task.tokens_per_step / max(now - t_mark, 1e-9)
+                    t_mark, step_mark = now, done
+                    if s.nan_policy == "skip":
+                        metrics["train/skipped_steps"] = monitor.skipped
+                    writer.write(done, {**metrics, "train/tokens_per_s": tps})
+                    progress.update(done - progress_at, loss=f"{float(metrics['train/loss']):.3f}",
+                                    tok_s=f"{tps:,.0f}")
+                    progress_at = done
+                if (done % cfg.train.eval_every == 0 or done == stop_at) and not preempt:
+                    monitor.flush()
+                    run_eval(done)
+                if done % cfg.train.checkpoint_every == 0 or done == stop_at or preempt:
+                    monitor.flush()  # never save the result of a non-finite step under "raise"
+                    ckpt.save(done, state, meta(done))
+                if preempt:
+                    preempted_at = done
+                    break
+            monitor.flush()
+            if start >= stop_at and not last_eval:
+                run_eval(start)
+        except NonFiniteError as e:
+            ckpt.wait()
+            raise NonFiniteError(f"{e}; stopped with the last good checkpoint at step {ckpt.latest_step()} "
+                                 f"in {ckpt.directory} (train.nan_policy='skip' drops such updates)") from None
+        finally:
+            watcher.close()
+            progress.close()
+            ckpt.wait()
+            ckpt.close()
+            writer.close()
+    if preempted_at is not None:
+        raise Preempted(preempted_at, ckpt.directory)
 
     summary.update({
         "steps": max(start, stop_at),
@@ -393,6 +455,14 @@ def main(argv=None) -> int:
     flags_ = flags.FLAGS
     config_flags.DEFINE_config_file("config", None, "Experiment config file, optionally with :arg.")
     flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and TensorBoard files go.")
+    # Multi-process runs (trainer/distributed.py): not needed under Slurm, Open MPI or on a TPU pod,
+    # where the cluster is detected; JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID also work.
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0, shared by every process.")
+    flags.DEFINE_integer("num_processes", None, "Number of processes in the run.")
+    flags.DEFINE_integer("process_id", None, "This process's index, 0 .. num_processes-1.")
+    flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
+                      "auto: join a multi-process run when flags, JAX_* variables or a cluster say so; "
+                      "on: always call jax.distributed.initialize (e.g. a TPU VM pod slice); off: never.")
     flags.mark_flags_as_required(["config", "workdir"])
 
     def run(_):
@@ -400,12 +470,24 @@ def main(argv=None) -> int:
         for noisy in ("absl", "orbax", "jax"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
         try:
+            initialize_distributed(distributed_args(flags_.coordinator_address, flags_.num_processes,
+                                                    flags_.process_id, mode=flags_.distributed))
+            if jax.process_index() > 0:
+                log.setLevel(logging.WARNING)  # only process 0 reports progress
             summary = train_and_evaluate(flags_.config, flags_.workdir)
         except INPUT_ERRORS as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
+        except NonFiniteError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(1)
+        except Preempted as e:
+            if jax.process_index() == 0:
+                print(e)
+            return
         final = " ".join(f"{k}={v:.4f}" for k, v in summary["final"].items())
-        print(f"done: {summary['steps']} steps in {summary['wall_time_s']:.1f}s; {final}")
+        if jax.process_index() == 0:
+            print(f"done: {summary['steps']} steps in {summary['wall_time_s']:.1f}s; {final}")
 
     app.run(run, argv=argv)
     return 0

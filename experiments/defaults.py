@@ -45,6 +45,8 @@ def base_config() -> ml_collections.ConfigDict:
         num_steps=1000, log_every=50, eval_every=250, checkpoint_every=250, keep_checkpoints=2,
         stop_at=0,           # >0: end this launch at that step (the schedule still spans num_steps)
         async_checkpointing=True, tensorboard=True,
+        nan_policy="raise",  # raise | skip: a non-finite loss/gradient stops the run or drops that update
+        debug_nan_step=0, debug_nan_param="",  # test-only: NaN into one gradient at one step (nan_guard.py)
     ))
     c.sample = ml_collections.ConfigDict(dict(prompt="The ", num_tokens=64, temperature=0.8, top_k=0))
     c.mesh = ml_collections.ConfigDict(dict(

@@ -32,3 +32,11 @@ def test_attention_benchmark_writes_report(tmp_path, capsys):
     report = (tmp_path / "report.md").read_text()
     assert "| 256 | longformer |" in report and "Exponents of n" in report
     assert (tmp_path / "attention_complexity.png").stat().st_size > 0
+
+
+def test_checkpoint_benchmark_runs_on_smoke_sizes(capsys):
+    from benchmarks import checkpoint
+
+    checkpoint.main(["--config", "smoke", "--repeats", "1", "--no-multiprocess"])
+    out = capsys.readouterr().out
+    assert "async save, blocking part" in out and "restore" in out

@@ -4,7 +4,19 @@ Each checkpoint holds `state` (parameters, optimizer state, step, RNG key
 data; flattened to dotted names, so trees with integer keys round-trip) and
 `meta` (the config, the data position and the abstract shapes). Restoring
 builds abstract arrays with the *current* run's shardings, so a checkpoint
-written on one mesh restores onto another without any flag.
+written on one mesh restores onto another without any flag (`mesh.*` is not
+an identity field).
+
+Crash safety. Orbax (0.12.8) writes step N into `N.orbax-checkpoint-tmp-<t>/`
+and, once every process has written its shards and the metadata, renames it
+to `N/` in one atomic step (on object stores without atomic rename it writes
+`commit_success.txt` last instead). `CheckpointManager` lists only finalized
+steps, and old checkpoints beyond `keep` are deleted only after the new one is
+finalized, so a process killed mid-save (SIGKILL, a lost host) leaves the
+previous checkpoint intact and the next launch restores it; the unfinished
+temporary folder is removed when the next launch opens the manager.
+`tests/test_fault_tolerance.py` kills a real process during an async save to
+check exactly this.
 """
 from __future__ import annotations
 
@@ -76,11 +88,16 @@ class Checkpointer:
             self.directory,
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=keep, enable_async_checkpointing=async_save, create=True,
+                cleanup_tmp_directories=True,  # leftovers of a save that a crash cut short
             ),
         )
 
     def latest_step(self) -> int | None:
+        """The newest *finalized* checkpoint (temporary folders of unfinished saves are not steps)."""
         return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
 
     def read_meta(self, step: int) -> dict:
         path = os.path.join(self.directory, str(step), "meta", "metadata")

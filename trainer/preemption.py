@@ -1,0 +1,59 @@
+"""SIGTERM as "save and stop": what TPU VMs and Slurm send before evicting a job.
+
+The loop asks `watcher.reached(step)` after every step. On a notice it
+finishes that step, saves a checkpoint, flushes metrics and raises
+`Preempted`; `train.py` prints one line and exits 0, and rerunning the same
+command resumes exactly (batches are a pure function of (seed, step)).
+
+- One process: a Python SIGTERM handler sets a flag (restored on close).
+- Several processes: the notice may reach only some of them, and all must
+  save at the *same* step or the collective save deadlocks. JAX's
+  preemption sync manager (started by `jax.distributed.initialize`, it
+  catches SIGTERM itself) agrees on that step across processes:
+  `multihost_utils.reached_preemption_sync_point(step)` turns True on every
+  process at the same step.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+import jax
+
+log = logging.getLogger("train")
+
+
+class Preempted(Exception):
+    """The run saved a checkpoint at `step` and stopped on a preemption notice."""
+
+    def __init__(self, step: int, directory: str):
+        super().__init__(f"preempted: saved checkpoint at step {step} in {directory}; "
+                         f"rerun the same command to resume")
+        self.step = step
+
+
+class PreemptionWatcher:
+    def __init__(self):
+        self._multi = jax.process_count() > 1
+        self._flag = threading.Event()
+        self._previous = None
+        if not self._multi and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        # Only set a flag: the loop decides where it is safe to stop.
+        self._flag.set()
+
+    def reached(self, step: int) -> bool:
+        """True once a notice arrived (on every process at the same step when there are several)."""
+        if self._multi:
+            from jax.experimental import multihost_utils
+
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self._flag.is_set()
+
+    def close(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
