@@ -73,22 +73,40 @@ def expert_choice_masks(token_GEC: jax.Array, gate_GEC: jax.Array, tokens_per_gr
 def expert_ffn(x_ECD: jax.Array, w: dict, activation: str) -> jax.Array:
     """Each expert's MLP on its own rows: x[e] -> act(x[e] W_in[e]) W_out[e].
 
-    Leading axes before E (e.g. groups) are allowed: x_...ECD.
+    Rows may carry leading axes after E (x_ECD or x_EGCD): they are flattened
+    so each projection is one [E]-batched 3-D matmul (XLA's CPU backend is
+    much slower on 4-D contractions, see attention/linear.py).
     """
-    h_ECF = jnp.einsum("...ECD,EDF->...ECF", x_ECD, w["in"])
+    E, D = x_ECD.shape[0], x_ECD.shape[-1]
+    x_ERD = x_ECD.reshape(E, -1, D)
+    h_ERF = jnp.einsum("ERD,EDF->ERF", x_ERD, w["in"])
     if activation == "swiglu":
-        h_ECF = jax.nn.silu(jnp.einsum("...ECD,EDF->...ECF", x_ECD, w["gate"])) * h_ECF
+        h_ERF = jax.nn.silu(jnp.einsum("ERD,EDF->ERF", x_ERD, w["gate"])) * h_ERF
     else:
-        h_ECF = jax.nn.gelu(h_ECF)
-    return jnp.einsum("...ECF,EFD->...ECD", h_ECF, w["out"])
+        h_ERF = jax.nn.gelu(h_ERF)
+    y_ERD = jnp.einsum("ERF,EFD->ERD", h_ERF, w["out"])
+    return y_ERD.reshape(x_ECD.shape)
+
+
+def dispatch_to_experts(x_GSD: jax.Array, dispatch_GSEC: jax.Array) -> jax.Array:
+    """x_EGCD: each expert's C slots per group (one [G]-batched matmul over the flattened E*C slots)."""
+    G, S, E, C = dispatch_GSEC.shape
+    x_GMD = jnp.einsum("GSM,GSD->GMD", dispatch_GSEC.reshape(G, S, E * C).astype(x_GSD.dtype), x_GSD)
+    return jnp.swapaxes(x_GMD.reshape(G, E, C, -1), 0, 1)
+
+
+def combine_from_experts(y_EGCD: jax.Array, combine_GSEC: jax.Array) -> jax.Array:
+    """y_GSD: each token's gate-weighted sum over its expert slots."""
+    E, G, C, D = y_EGCD.shape
+    y_GMD = jnp.swapaxes(y_EGCD, 0, 1).reshape(G, E * C, D)
+    return jnp.einsum("GSM,GMD->GSD", combine_GSEC.reshape(G, -1, E * C).astype(y_GMD.dtype), y_GMD)
 
 
 def capacity_moe(x_GSD: jax.Array, dispatch_GSEC: jax.Array, combine_GSEC: jax.Array, w: dict,
                  activation: str) -> jax.Array:
     """Reference capacity-mode MoE: dispatch, run every expert on its C slots, combine."""
-    x_GECD = jnp.einsum("GSD,GSEC->GECD", x_GSD, dispatch_GSEC.astype(x_GSD.dtype))
-    y_GECD = expert_ffn(x_GECD, w, activation)
-    return jnp.einsum("GECD,GSEC->GSD", y_GECD, combine_GSEC.astype(y_GECD.dtype))
+    y_EGCD = expert_ffn(dispatch_to_experts(x_GSD, dispatch_GSEC), w, activation)
+    return combine_from_experts(y_EGCD, combine_GSEC)
 
 
 # --------------------------------------------------------------------------

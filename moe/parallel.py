@@ -5,9 +5,9 @@ ep > 1, each device holds E / ep experts and its own slice of the batch
 (the batch is sharded over the expert axis too, as in MaxText). The two
 dispatch modes then communicate explicitly, inside `jax.shard_map`:
 
-- capacity: every device builds its [g, E, C, D] expert buffers locally; an
+- capacity: every device builds its [E, g, C, D] expert buffers locally; an
   all-to-all over the expert axis sends chunk j of the E axis to device j
-  and gathers the groups of all peers, [ep * g, E / ep, C, D]; the local
+  and gathers the groups of all peers, [E / ep, ep * g, C, D]; the local
   experts run; a second all-to-all sends the outputs home (GShard).
 - dropless: the token count per expert is data-dependent, so instead of a
   ragged all-to-all the devices all-gather the expert group's tokens, each
@@ -24,7 +24,7 @@ import functools
 import jax
 from jax.sharding import PartitionSpec as P
 
-from moe.dispatch import capacity_moe, dropless_moe, expert_ffn
+from moe.dispatch import capacity_moe, combine_from_experts, dispatch_to_experts, dropless_moe, expert_ffn
 from sharding import axes as ax
 from sharding.axes import current_rules
 
@@ -54,12 +54,12 @@ def capacity_moe_ep(x_GSD, dispatch_GSEC, combine_GSEC, w: dict, activation: str
     batch = _batch_spec()
 
     def local(x_gSD, dispatch_gSEC, combine_gSEC, w_local):
-        x_gECD = jax.numpy.einsum("GSD,GSEC->GECD", x_gSD, dispatch_gSEC.astype(x_gSD.dtype))
-        # Chunk j of the expert axis goes to device j; peers' groups are stacked on axis 0.
-        x_hEcD = jax.lax.all_to_all(x_gECD, axis, split_axis=1, concat_axis=0, tiled=True)
-        y_hEcD = expert_ffn(x_hEcD, w_local, activation)
-        y_gECD = jax.lax.all_to_all(y_hEcD, axis, split_axis=0, concat_axis=1, tiled=True)
-        return jax.numpy.einsum("GECD,GSEC->GSD", y_gECD, combine_gSEC.astype(y_gECD.dtype))
+        x_EgCD = dispatch_to_experts(x_gSD, dispatch_gSEC)
+        # Chunk j of the expert axis goes to device j; peers' groups are stacked on the group axis.
+        x_ehCD = jax.lax.all_to_all(x_EgCD, axis, split_axis=0, concat_axis=1, tiled=True)
+        y_ehCD = expert_ffn(x_ehCD, w_local, activation)
+        y_EgCD = jax.lax.all_to_all(y_ehCD, axis, split_axis=1, concat_axis=0, tiled=True)
+        return combine_from_experts(y_EgCD, combine_gSEC)
 
     return jax.shard_map(
         local, in_specs=(batch, batch, batch, _weight_specs(w, axis)), out_specs=batch, check_vma=False,
