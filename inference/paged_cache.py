@@ -140,8 +140,8 @@ class PagedKVCache:
 
     @staticmethod
     def init_pool(num_blocks: int, block_size: int, kv_heads: int, head_dim: int, dtype=jnp.float32):
-        z = jnp.zeros((num_blocks + 1, block_size, kv_heads, head_dim), dtype)
-        return z, z
+        shape = (num_blocks + 1, block_size, kv_heads, head_dim)
+        return jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)  # two buffers: both are donated
 
     @property
     def block_size(self) -> int:
