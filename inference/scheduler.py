@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 from typing import Sequence
 
 import jax
@@ -58,45 +59,56 @@ def _sample_rows(logits_BV, keys_B, sampling: SamplingParams):
     return jax.vmap(lambda l_V, k: sample_token(l_V[None], k, sampling)[0])(logits_BV, keys_B)
 
 
+def _keys(key, index_B, position_B):
+    """One key per (request, position): sampling does not depend on batch composition or preemption."""
+    return jax.vmap(lambda i, p: jax.random.fold_in(jax.random.fold_in(key, i), p))(index_B, position_B)
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_steps(graphdef, sampling: SamplingParams, use_kernel: bool):
+    """(prefill, decode) jitted once per model structure and sampling setting; pools are donated."""
+
+    def prefill_fn(params, pools, key, prompt_1P, length_1, table_1L, index_1):
+        model = nnx.merge(graphdef, params)
+        caches = paged_caches(pools, table_1L, jnp.zeros((1,), jnp.int32), use_kernel)
+        last_1V, caches = prefill(model, prompt_1P, length_1, caches)
+        return _sample_rows(last_1V, _keys(key, index_1, length_1), sampling), pools_of(caches)
+
+    def decode_fn(params, pools, key, tokens_B, tables_BL, lengths_B, index_B):
+        model = nnx.merge(graphdef, params)
+        caches = paged_caches(pools, tables_BL, lengths_B, use_kernel)
+        logits_BV, caches = decode_step(model, tokens_B, caches)
+        return _sample_rows(logits_BV, _keys(key, index_B, lengths_B + 1), sampling), pools_of(caches)
+
+    return jax.jit(prefill_fn, donate_argnums=1), jax.jit(decode_fn, donate_argnums=1)
+
+
 class Engine:
     """Continuous-batching generation with a paged KV cache for a DecoderLM."""
 
     def __init__(self, model, *, num_blocks: int, block_size: int, max_batch: int, context: int,
-                 sampling: SamplingParams = SamplingParams(), seed: int = 0, use_kernel: bool = False):
+                 sampling: SamplingParams = SamplingParams(), seed: int = 0, use_kernel: bool = False,
+                 watermark: float = 0.0):
         self.allocator = BlockAllocator(num_blocks, block_size)
         if not isinstance(max_batch, int) or max_batch < 1:
             raise InferenceError(f"max_batch={max_batch!r} must be a positive integer")
         if not isinstance(context, int) or context < 2:
             raise InferenceError(f"context={context!r} must be an integer >= 2")
+        if not 0.0 <= watermark < 1.0:
+            raise InferenceError(f"watermark={watermark!r} must be in [0, 1)")
         self.block_size, self.max_batch, self.context = int(block_size), max_batch, context
         self.width = blocks_for(context, block_size)  # block-table columns
-        self.sampling, self.use_kernel = sampling, use_kernel
+        # Admission leaves this many blocks free for running sequences to grow into (vLLM: 1%).
+        self.watermark_blocks = watermark * num_blocks
         self.key = jax.random.key(seed)
-        self.graphdef, self.params = nnx.split(model)
+        graphdef, self.params = nnx.split(model)
         self.pools = init_pools(model, num_blocks, block_size)
+        self._prefill, self._decode = _jitted_steps(graphdef, sampling, use_kernel)
         self.waiting: collections.deque[Request] = collections.deque()
         self.slots: list[_Running | None] = [None] * max_batch
         self.finished: dict[object, Request] = {}
         self.stats = collections.Counter()
         self._arrivals = 0
-        self._decode = jax.jit(self._decode_fn, donate_argnums=1)
-        self._prefill = jax.jit(self._prefill_fn, donate_argnums=1)
-
-    # --- jitted pieces -------------------------------------------------------
-    def _keys(self, index_B, position_B):
-        return jax.vmap(lambda i, p: jax.random.fold_in(jax.random.fold_in(self.key, i), p))(index_B, position_B)
-
-    def _prefill_fn(self, params, pools, prompt_1P, length_1, table_1L, index_1):
-        model = nnx.merge(self.graphdef, params)
-        caches = paged_caches(pools, table_1L, jnp.zeros((1,), jnp.int32), self.use_kernel)
-        last_1V, caches = prefill(model, prompt_1P, length_1, caches)
-        return _sample_rows(last_1V, self._keys(index_1, length_1), self.sampling), pools_of(caches)
-
-    def _decode_fn(self, params, pools, tokens_B, tables_BL, lengths_B, index_B):
-        model = nnx.merge(self.graphdef, params)
-        caches = paged_caches(pools, tables_BL, lengths_B, self.use_kernel)
-        logits_BV, caches = decode_step(model, tokens_B, caches)
-        return _sample_rows(logits_BV, self._keys(index_B, lengths_B + 1), self.sampling), pools_of(caches)
 
     # --- requests ------------------------------------------------------------
     def submit(self, req: Request) -> None:
@@ -138,7 +150,9 @@ class Engine:
         while self.waiting and None in self.slots:
             req = self.waiting[0]
             tokens = list(req.prompt) + req.output  # a preempted request recomputes its output too
-            if not self.allocator.can_hold(req.id, len(tokens)):
+            need = self.allocator.blocks_needed(req.id, len(tokens))
+            # The watermark applies only while others run: alone, a request may use the whole pool.
+            if need > self.allocator.num_free - (self.watermark_blocks if self.running else 0):
                 return
             self.waiting.popleft()
             self.allocator.ensure(req.id, len(tokens))
@@ -147,7 +161,7 @@ class Engine:
             prompt_1P = np.zeros((1, P), np.int32)
             prompt_1P[0, : len(tokens)] = tokens
             tok_1, self.pools = self._prefill(
-                self.params, self.pools, prompt_1P, np.array([len(tokens)], np.int32),
+                self.params, self.pools, self.key, prompt_1P, np.array([len(tokens)], np.int32),
                 self.allocator.table_array([req.id], self.width), np.array([req.index], np.int32),
             )
             req.output.append(int(tok_1[0]))
@@ -188,7 +202,7 @@ class Engine:
             ids[r.slot] = r.req.id
             tokens_B[r.slot], lengths_B[r.slot], index_B[r.slot] = r.req.output[-1], r.cached, r.req.index
         new_B, self.pools = self._decode(
-            self.params, self.pools, tokens_B, self.allocator.table_array(ids, self.width), lengths_B, index_B,
+            self.params, self.pools, self.key, tokens_B, self.allocator.table_array(ids, self.width), lengths_B, index_B,
         )
         new_B = np.asarray(new_B)
         for r in running:
