@@ -136,7 +136,7 @@ class PagedKVCache:
     v_pool_PbKH: jax.Array
     block_tables_BL: jax.Array  # int32 [B, L]: logical block -> physical block
     lengths_B: jax.Array  # int32: filled positions per row
-    use_kernel: bool = flax.struct.field(pytree_node=False, default=False)
+    impl: str = flax.struct.field(pytree_node=False, default="blocked")  # see paged_attention.PAGED_IMPLS
 
     @staticmethod
     def init_pool(num_blocks: int, block_size: int, kv_heads: int, head_dim: int, dtype=jnp.float32):
@@ -174,7 +174,7 @@ class PagedKVCache:
         if q_BTNH.shape[1] == 1:
             out_BNH = paged_decode_attention(
                 q_BTNH[:, 0], self.k_pool_PbKH, self.v_pool_PbKH, self.block_tables_BL, self.lengths_B,
-                use_kernel=self.use_kernel,
+                impl=self.impl,
             )
             return out_BNH[:, None]
         k_BSKH, v_BSKH = gather_kv(self.k_pool_PbKH, self.v_pool_PbKH, self.block_tables_BL)
@@ -188,9 +188,9 @@ class PagedKVCache:
         return self.replace(lengths_B=lengths_B.astype(jnp.int32))
 
 
-def paged_caches(pools, block_tables_BL, lengths_B, use_kernel: bool = False) -> list[PagedKVCache]:
+def paged_caches(pools, block_tables_BL, lengths_B, impl: str = "blocked") -> list[PagedKVCache]:
     """Per-layer caches over `pools` (a list of (k_pool, v_pool)) sharing one set of block tables."""
-    return [PagedKVCache(k, v, block_tables_BL, lengths_B, use_kernel) for k, v in pools]
+    return [PagedKVCache(k, v, block_tables_BL, lengths_B, impl) for k, v in pools]
 
 
 def init_pools(model, num_blocks: int, block_size: int):

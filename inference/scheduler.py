@@ -33,6 +33,7 @@ from flax import nnx
 
 from inference import InferenceError
 from inference.decode import decode_step, prefill
+from inference.paged_attention import PAGED_IMPLS
 from inference.paged_cache import BlockAllocator, PoolExhausted, blocks_for, init_pools, paged_caches, pools_of
 from inference.sampling import SamplingParams, sample_token
 
@@ -65,18 +66,18 @@ def _keys(key, index_B, position_B):
 
 
 @functools.lru_cache(maxsize=16)
-def _jitted_steps(graphdef, sampling: SamplingParams, use_kernel: bool):
+def _jitted_steps(graphdef, sampling: SamplingParams, impl: str):
     """(prefill, decode) jitted once per model structure and sampling setting; pools are donated."""
 
     def prefill_fn(params, pools, key, prompt_1P, length_1, table_1L, index_1):
         model = nnx.merge(graphdef, params)
-        caches = paged_caches(pools, table_1L, jnp.zeros((1,), jnp.int32), use_kernel)
+        caches = paged_caches(pools, table_1L, jnp.zeros((1,), jnp.int32), impl)
         last_1V, caches = prefill(model, prompt_1P, length_1, caches)
         return _sample_rows(last_1V, _keys(key, index_1, length_1), sampling), pools_of(caches)
 
     def decode_fn(params, pools, key, tokens_B, tables_BL, lengths_B, index_B):
         model = nnx.merge(graphdef, params)
-        caches = paged_caches(pools, tables_BL, lengths_B, use_kernel)
+        caches = paged_caches(pools, tables_BL, lengths_B, impl)
         logits_BV, caches = decode_step(model, tokens_B, caches)
         return _sample_rows(logits_BV, _keys(key, index_B, lengths_B + 1), sampling), pools_of(caches)
 
@@ -87,13 +88,15 @@ class Engine:
     """Continuous-batching generation with a paged KV cache for a DecoderLM."""
 
     def __init__(self, model, *, num_blocks: int, block_size: int, max_batch: int, context: int,
-                 sampling: SamplingParams = SamplingParams(), seed: int = 0, use_kernel: bool = False,
+                 sampling: SamplingParams = SamplingParams(), seed: int = 0, impl: str = "blocked",
                  watermark: float = 0.0):
         self.allocator = BlockAllocator(num_blocks, block_size)
         if not isinstance(max_batch, int) or max_batch < 1:
             raise InferenceError(f"max_batch={max_batch!r} must be a positive integer")
         if not isinstance(context, int) or context < 2:
             raise InferenceError(f"context={context!r} must be an integer >= 2")
+        if impl not in PAGED_IMPLS:
+            raise InferenceError(f"impl={impl!r} must be one of {sorted(PAGED_IMPLS)}")
         if not 0.0 <= watermark < 1.0:
             raise InferenceError(f"watermark={watermark!r} must be in [0, 1)")
         self.block_size, self.max_batch, self.context = int(block_size), max_batch, context
@@ -103,7 +106,7 @@ class Engine:
         self.key = jax.random.key(seed)
         graphdef, self.params = nnx.split(model)
         self.pools = init_pools(model, num_blocks, block_size)
-        self._prefill, self._decode = _jitted_steps(graphdef, sampling, use_kernel)
+        self._prefill, self._decode = _jitted_steps(graphdef, sampling, impl)
         self.waiting: collections.deque[Request] = collections.deque()
         self.slots: list[_Running | None] = [None] * max_batch
         self.finished: dict[object, Request] = {}

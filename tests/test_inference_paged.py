@@ -11,7 +11,7 @@ from attention.dense import dense_attention_xla
 from attention.kv_cache import KVCache
 from inference import InferenceError
 from inference.decode import generate, pad_prompts
-from inference.paged_attention import gather_kv, paged_decode_attention_ref
+from inference.paged_attention import gather_kv, paged_decode_attention_blocked, paged_decode_attention_ref
 from inference.paged_cache import BlockAllocator, PagedKVCache, PoolExhausted
 from inference.scheduler import Engine, Request
 from models.config import default_model_config
@@ -79,16 +79,19 @@ def test_table_array_points_unused_entries_at_the_spare_block():
 
 # --- device side ------------------------------------------------------------------
 
+@pytest.mark.parametrize("impl", ["gather", "blocked16", "blocked128"])
 @pytest.mark.parametrize("N, K, dtype, tol", [(4, 4, jnp.float32, 1e-5), (8, 2, jnp.float32, 1e-5), (8, 2, jnp.bfloat16, 2e-2)])
-def test_paged_decode_attention_matches_dense_attention(N, K, dtype, tol):
+def test_paged_decode_attention_matches_dense_attention(N, K, dtype, tol, impl):
     rng = np.random.default_rng(0)
     B, H, bs, L, nb = 3, 16, 8, 5, 20
     k_pool = jnp.asarray(rng.normal(size=(nb + 1, bs, K, H)), dtype)
     v_pool = jnp.asarray(rng.normal(size=(nb + 1, bs, K, H)), dtype)
     tables = jnp.asarray(rng.permutation(nb)[: B * L].reshape(B, L), jnp.int32)
-    lengths = jnp.array([1, 17, 40], jnp.int32)
+    lengths = jnp.array([1, 17, 33], jnp.int32)  # the blocked loop stops after the chunk holding 33
     q = jnp.asarray(rng.normal(size=(B, N, H)), dtype)
-    out = jax.jit(paged_decode_attention_ref)(q, k_pool, v_pool, tables, lengths)
+    fn = paged_decode_attention_ref if impl == "gather" else functools.partial(
+        paged_decode_attention_blocked, chunk_tokens=int(impl[len("blocked"):]))  # 16: 2 blocks a chunk, L=5 padded
+    out = jax.jit(fn)(q, k_pool, v_pool, tables, lengths)
     k, v = gather_kv(k_pool, v_pool, tables)
     want = dense_attention_xla(q[:, None], k, v, kv_lengths_B=lengths)[:, 0]
     np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(want, np.float32), atol=tol, rtol=tol)
