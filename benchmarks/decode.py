@@ -60,16 +60,19 @@ def _median_time(fn, repeats: int) -> float:
 
 
 def decode_rates(model, batch: int, context: int, block_sizes, steps: int, repeats: int, seed: int = 0,
-                 num_blocks: int | None = None, contiguous: bool = True, impls=("blocked",)) -> dict:
+                 num_blocks: int | None = None, contiguous: bool = True, impls=("blocked",), lengths=None) -> dict:
     """tokens/s of `steps` greedy decode steps: contiguous cache vs paged caches of each block size.
 
-    The paged pool holds batch x context tokens, or `num_blocks` blocks (a fixed budget smaller than
+    The contiguous cache's attention reads the whole context every step; the paged cache's default
+    (blocked) attention stops after the longest row. The paged pool holds batch x context tokens, or `num_blocks` blocks (a fixed budget smaller than
     that: rows then share blocks, which changes what they read but not how much, so not the time).
     """
     graphdef, params = nnx.split(model)
     rng = np.random.default_rng(seed)
-    # Rows are filled to mixed lengths; every step attends over the whole buffer either way.
-    lengths_B = jnp.asarray(rng.integers(context // 4, context - steps, batch), jnp.int32)
+    # Rows are filled to mixed lengths (`lengths`, or uniform in [context/4, context)).
+    if lengths is None:
+        lengths = rng.integers(context // 4, context - steps, batch)
+    lengths_B = jnp.asarray(np.minimum(lengths, context - steps), jnp.int32)
     tok_B = jnp.asarray(rng.integers(0, 256, batch), jnp.int32)
 
     def scan_steps(caches, tok_B):

@@ -41,7 +41,7 @@ def run_simulations(seeds, n_requests: int, budget: int, max_len: int, warmup: i
                     ablation_watermarks=()) -> list[dict]:
     rows = []
     for seed in seeds:
-        work = sample_workload(np.random.default_rng(seed), n_requests, hi=max_len)
+        work = sample_workload(np.random.default_rng(seed), n_requests, hi=min(4000, max_len))
         runs = [(s, watermark if s.startswith("paged") else 0.0) for s in SCHEMES]
         runs += [("paged-16", w) for w in ablation_watermarks if w != watermark]
         for scheme, wm in runs:
@@ -77,16 +77,20 @@ def throughput(summary: list[dict], budget_seqs: int, scale: int, steps: int, re
 
     model = DecoderLM(model_config(smoke), rngs=nnx.Rngs(0))
     context = 4096 // scale
-    conc = {s["scheme"]: s["concurrent"]["mean"] for s in summary if s["watermark"] == summary_wm(summary)}
+    conc = {s["scheme"]: s["concurrent"]["mean"] for s in main_rows(summary)}
     out = {"context": context, "budget_tokens": budget_seqs * context, "rows": []}
+    # Rows filled as in the simulation: a request's length so far, from the scaled workload.
+    rng = np.random.default_rng(0)
+    work = sample_workload(rng, 4096, lo=max(2, 50 // scale), hi=context, mean=800 / scale, std=600 / scale)
     for scheme, bs in (("contiguous-max", None), ("paged-16", 16), ("paged-64", 64)):
         batch = max(1, int(round(conc[scheme] * budget_seqs / conc["contiguous-max"])))
+        lengths = (work.total[:batch] * rng.uniform(0.25, 1.0, batch)).astype(int) + 1
         if bs is None:
-            r = decode_rates(model, batch, context, [], steps, repeats)
+            r = decode_rates(model, batch, context, [], steps, repeats, lengths=lengths)
             tok_s = r["contiguous_tok_s"]
         else:
             r = decode_rates(model, batch, context, [bs], steps, repeats, num_blocks=budget_seqs * context // bs,
-                             contiguous=False)
+                             contiguous=False, lengths=lengths)
             tok_s = r[f"paged{bs}_blocked_tok_s"]
         out["rows"].append({"scheme": scheme, "batch": batch, "tok_s": tok_s})
     base = out["rows"][0]["tok_s"]
@@ -96,8 +100,15 @@ def throughput(summary: list[dict], budget_seqs: int, scale: int, steps: int, re
 
 
 def summary_wm(summary: list[dict]) -> float:
-    return [s["watermark"] for s in summary if s["scheme"] == "paged-8"][0] if any(
-        s["scheme"] == "paged-8" for s in summary) else 0.0
+    """The main watermark: the one every paged block size ran with (paged-8 has no ablation)."""
+    return next(s["watermark"] for s in summary if s["scheme"] == "paged-8")
+
+
+def main_rows(summary: list[dict]) -> list[dict]:
+    """One row per layout (paged-16 at the main watermark), in SCHEMES order."""
+    wm = summary_wm(summary)
+    rows = [s for s in summary if not s["scheme"].startswith("paged") or s["watermark"] == wm]
+    return sorted(rows, key=lambda s: SCHEMES.index(s["scheme"]))
 
 
 def _ci(s: dict, fmt: str = ".1f") -> str:
@@ -112,10 +123,10 @@ def markdown(summary: list[dict], tput: dict | None, args, rows: list[dict]) -> 
         "",
         f"Command: `{args.command}`",
         "",
-        f"{len(args.seeds)} random workloads of {args.requests} requests each; lengths 50..{args.max_len} "
+        f"{len(args.seeds)} random workloads of {args.requests} requests each; lengths 50..{min(4000, args.max_len)} "
         f"(log-normal, target mean 800, std 600; realised mean {lens[:, 0].mean():.0f}, std {lens[:, 1].mean():.0f}); "
         f"prompts 25-75% of each length; a saturated FIFO queue; KV budget {args.budget_seqs * args.max_len:,} token slots "
-        f"= {args.budget_seqs} maximum-length sequences. Figures are time averages over the steps while requests wait "
+        f"= {args.budget_seqs} sequences of the {args.max_len}-token context. Figures are time averages over the steps while requests wait "
         f"(after {args.warmup} warm-up steps): mean [95% Student-t CI over workloads]. Paged admission keeps a "
         f"{wm:.0%} watermark of free blocks; when the pool runs out the newest sequence is preempted and recomputed.",
         "",
@@ -127,9 +138,7 @@ def markdown(summary: list[dict], tput: dict | None, args, rows: list[dict]) -> 
         "preemptions / request | recomputed tokens % |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    main = [s for s in summary if s["scheme"] != "paged-16" or s["watermark"] == wm]
-    main = sorted({s["scheme"]: s for s in main}.values(), key=lambda s: SCHEMES.index(s["scheme"]))
-    for s in main:
+    for s in main_rows(summary):
         lines.append(
             f"| {s['scheme']} | {_ci(s['concurrent'])} | {_ci(s['x_contiguous_max'], '.2f')} | {_ci(s['waste_pct'])} | "
             f"{_ci(s['reserved_pct'])} | {_ci(s['internal_pct'])} | {_ci(s['external_pct'])} | "
@@ -145,11 +154,14 @@ def markdown(summary: list[dict], tput: dict | None, args, rows: list[dict]) -> 
                          f"{_ci(s['preempt_per_req'], '.2f')} | {_ci(s['recomputed_pct'])} |")
     if tput:
         lines += ["", "## Decode throughput of our decoder at the batch each layout fits", "",
-                  f"lm_tiny-shaped model (d=128, 4 layers, 4 heads), float32, CPU; lengths scaled by 1/{args.scale}: "
+                  f"{'smoke' if args.smoke else 'lm_tiny-shaped'} model (benchmarks/decode.py model_config), float32, "
+                  f"CPU; lengths scaled by 1/{args.scale}: "
                   f"context {tput['context']}, budget {tput['budget_tokens']} token slots; batch = "
                   f"{args.budget_seqs} x (concurrency / contiguous-max concurrency) from the table above; "
-                  f"{args.steps} decode steps in one jitted scan, median of {args.repeats}, one process. Each row's "
-                  f"attention reads the full context, as both caches do in this implementation.", "",
+                  f"{args.steps} decode steps in one jitted scan, median of {args.repeats}, one process. Rows are "
+                  f"filled to lengths drawn from the scaled workload. The contiguous cache attends over its whole "
+                  f"context every step; the paged cache's blocked attention stops after the longest row's last "
+                  f"128-token chunk.", "",
                   "| layout | batch | decode tokens/s | x contiguous-max |", "|---|---|---|---|"]
         for r in tput["rows"]:
             lines.append(f"| {r['scheme']} | {r['batch']} | {r['tok_s']:,.0f} | {r['x_contiguous_max']:.2f} |")
@@ -163,9 +175,7 @@ def plot(summary: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    wm = summary_wm(summary)
-    main = sorted((s for s in summary if s["scheme"] != "paged-16" or s["watermark"] == wm),
-                  key=lambda s: SCHEMES.index(s["scheme"]))
+    main = main_rows(summary)
     names = [s["scheme"] for s in main]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     bottom = np.zeros(len(main))
@@ -193,7 +203,8 @@ def main(argv=None) -> dict:
     p.add_argument("--seeds", default="0,1,2,3,4")
     p.add_argument("--requests", type=int, default=1500)
     p.add_argument("--budget_seqs", type=int, default=16)
-    p.add_argument("--max_len", type=int, default=4000)
+    p.add_argument("--max_len", type=int, default=4096,
+                   help="model context: contiguous-max reserves this per sequence (lengths stop at 4000)")
     p.add_argument("--warmup", type=int, default=1000)
     p.add_argument("--watermark", type=float, default=0.01, help="paged admission watermark (vLLM: 1%%)")
     p.add_argument("--ablation", default="0,0.01,0.05", help="watermarks tried for paged-16")
