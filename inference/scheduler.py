@@ -14,10 +14,11 @@ recently admitted sequence is preempted by recomputation (Kwon et al. 2023,
 section 4.5): its blocks are freed and it goes back to the head of the
 queue with its generated tokens appended to its prompt.
 
-Shapes are fixed: the decode step always runs `max_batch` rows with
-`ceil(context / block_size)`-wide block tables (idle rows point at the
-spare block), and prefills are padded to power-of-two buckets, so a run
-compiles one decode step and a few prefills.
+Shapes come from a few buckets: the decode step runs the slots in use
+rounded up to a power of two (at most `max_batch`; idle rows point at the
+spare block) with block tables as wide as the longest running sequence
+needs, also rounded up to a power of two, and prefills are padded to
+power-of-two lengths; each shape compiles once.
 """
 from __future__ import annotations
 
@@ -58,6 +59,11 @@ class _Running:
 def _sample_rows(logits_BV, keys_B, sampling: SamplingParams):
     """Each row draws with its own key, so a token does not depend on which batch it was decoded in."""
     return jax.vmap(lambda l_V, k: sample_token(l_V[None], k, sampling)[0])(logits_BV, keys_B)
+
+
+def _bucket(n: int, cap: int) -> int:
+    """The smallest power of two >= n, at most `cap`."""
+    return min(cap, 1 << (n - 1).bit_length())
 
 
 def _keys(key, index_B, position_B):
@@ -198,14 +204,17 @@ class Engine:
         running = self.running
         if not running:
             return 0
-        B = self.max_batch
+        # Decode only the slots in use, rounded up to a power of two (slots fill lowest first), with
+        # tables as wide as the longest row needs, also a power of two: a few shapes, each compiled once.
+        B = _bucket(max(r.slot for r in running) + 1, self.max_batch)
+        width = _bucket(max(len(self.allocator.table(r.req.id)) for r in running), self.width)
         ids = [None] * B
         tokens_B, lengths_B, index_B = np.zeros(B, np.int32), np.zeros(B, np.int32), np.zeros(B, np.int32)
         for r in running:
             ids[r.slot] = r.req.id
             tokens_B[r.slot], lengths_B[r.slot], index_B[r.slot] = r.req.output[-1], r.cached, r.req.index
         new_B, self.pools = self._decode(
-            self.params, self.pools, self.key, tokens_B, self.allocator.table_array(ids, self.width), lengths_B, index_B,
+            self.params, self.pools, self.key, tokens_B, self.allocator.table_array(ids, width), lengths_B, index_B,
         )
         new_B = np.asarray(new_B)
         for r in running:

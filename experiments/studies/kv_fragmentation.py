@@ -72,7 +72,7 @@ def throughput(summary: list[dict], budget_seqs: int, scale: int, steps: int, re
     """Our decoder's tokens/s at the batch each layout fits in the budget (contiguous KVCache vs paged)."""
     from flax import nnx
 
-    from benchmarks.decode import decode_rates, model_config
+    from benchmarks.decode import decode_variants, model_config, time_interleaved
     from models.lm import DecoderLM
 
     model = DecoderLM(model_config(smoke), rngs=nnx.Rngs(0))
@@ -82,17 +82,16 @@ def throughput(summary: list[dict], budget_seqs: int, scale: int, steps: int, re
     # Rows filled as in the simulation: a request's length so far, from the scaled workload.
     rng = np.random.default_rng(0)
     work = sample_workload(rng, 4096, lo=max(2, 50 // scale), hi=context, mean=800 / scale, std=600 / scale)
+    variants, batches = {}, {}
     for scheme, bs in (("contiguous-max", None), ("paged-16", 16), ("paged-64", 64)):
         batch = max(1, int(round(conc[scheme] * budget_seqs / conc["contiguous-max"])))
         lengths = (work.total[:batch] * rng.uniform(0.25, 1.0, batch)).astype(int) + 1
-        if bs is None:
-            r = decode_rates(model, batch, context, [], steps, repeats, lengths=lengths)
-            tok_s = r["contiguous_tok_s"]
-        else:
-            r = decode_rates(model, batch, context, [bs], steps, repeats, num_blocks=budget_seqs * context // bs,
-                             contiguous=False, lengths=lengths)
-            tok_s = r[f"paged{bs}_blocked_tok_s"]
-        out["rows"].append({"scheme": scheme, "batch": batch, "tok_s": tok_s})
+        v = decode_variants(model, batch, context, steps, block_sizes=[bs] if bs else [], contiguous=bs is None,
+                            num_blocks=budget_seqs * context // bs if bs else None, lengths=lengths)
+        (fn_tokens,) = v.values()
+        variants[scheme], batches[scheme] = fn_tokens, batch
+    rates = time_interleaved(variants, repeats)
+    out["rows"] = [{"scheme": s, "batch": batches[s], "tok_s": rates[s]} for s in variants]
     base = out["rows"][0]["tok_s"]
     for r in out["rows"]:
         r["x_contiguous_max"] = r["tok_s"] / base
@@ -158,7 +157,7 @@ def markdown(summary: list[dict], tput: dict | None, args, rows: list[dict]) -> 
                   f"CPU; lengths scaled by 1/{args.scale}: "
                   f"context {tput['context']}, budget {tput['budget_tokens']} token slots; batch = "
                   f"{args.budget_seqs} x (concurrency / contiguous-max concurrency) from the table above; "
-                  f"{args.steps} decode steps in one jitted scan, median of {args.repeats}, one process. Rows are "
+                  f"{args.steps} decode steps in one jitted scan, median of {args.repeats} interleaved rounds, one process. Rows are "
                   f"filled to lengths drawn from the scaled workload. The contiguous cache attends over its whole "
                   f"context every step; the paged cache's blocked attention stops after the longest row's last "
                   f"128-token chunk.", "",
