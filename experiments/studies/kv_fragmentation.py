@@ -160,7 +160,7 @@ def markdown(summary: list[dict], tput: dict | None, args, rows: list[dict]) -> 
                   f"{args.steps} decode steps in one jitted scan, median of {args.repeats} interleaved rounds, one process. Rows are "
                   f"filled to lengths drawn from the scaled workload. The contiguous cache attends over its whole "
                   f"context every step; the paged cache's blocked attention stops after the longest row's last "
-                  f"128-token chunk.", "",
+                  f"32-token chunk.", "",
                   "| layout | batch | decode tokens/s | x contiguous-max |", "|---|---|---|---|"]
         for r in tput["rows"]:
             lines.append(f"| {r['scheme']} | {r['batch']} | {r['tok_s']:,.0f} | {r['x_contiguous_max']:.2f} |")
