@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 import numpy as np
 
@@ -209,11 +210,11 @@ def main(argv=None) -> dict:
     p.add_argument("--ablation", default="0,0.01,0.05", help="watermarks tried for paged-16")
     p.add_argument("--scale", type=int, default=8, help="throughput part: lengths / scale")
     p.add_argument("--steps", type=int, default=16)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--no_throughput", action="store_true")
     p.add_argument("--out", default=OUT)
     args = p.parse_args(argv)
-    args.command = "python -m experiments.studies.kv_fragmentation " + " ".join(argv if argv is not None else [])
+    args.command = " ".join(["python -m experiments.studies.kv_fragmentation", *(sys.argv[1:] if argv is None else argv)])
     if args.smoke:
         args.seeds, args.requests, args.budget_seqs, args.warmup = "0,1", 200, 4, 100
         args.ablation, args.scale, args.steps, args.repeats = "0", 32, 2, 1
