@@ -12,7 +12,7 @@ setup(
     description="JAX/Flax NNX codebase for attention, MoE and CLIP scaling studies",
     python_requires=">=3.11",
     packages=find_packages(include=["attention*", "models*", "sharding*", "data*", "tasks*", "trainer*",
-                                    "experiments*", "benchmarks*", "kernels*"]),
+                                    "experiments*", "benchmarks*", "inference*", "kernels*", "moe*"]),
     py_modules=["train"],
     install_requires=[
         "jax>=0.10.2,<0.11",

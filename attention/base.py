@@ -99,12 +99,7 @@ class MultiHeadAttention(nnx.Module):
             if segment_ids_BT is not None:
                 raise ValueError("segment ids are not supported together with a KV cache")
             new_cache = cache.write(k_BTKH, v_BTKH)
-            S = new_cache.max_len
-            out_BTNH = self.core(
-                q_BTNH, new_cache.k_BSKH, new_cache.v_BSKH, ctx=ctx, causal=True,
-                q_positions_BT=positions_BT, kv_positions_BS=default_positions(B, S),
-                kv_lengths_B=new_cache.lengths_B,
-            )
+            out_BTNH = new_cache.attend(self.core, q_BTNH, positions_BT, ctx=ctx)
         return self.project_out(out_BTNH), new_cache
 
     # Pieces of __call__ that variants with their own call (Longformer) reuse.

@@ -13,6 +13,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from attention.masks import default_positions
+
 
 @flax.struct.dataclass
 class KVCache:
@@ -39,6 +41,18 @@ class KVCache:
         k = jax.vmap(put)(self.k_BSKH, k_BTKH, self.lengths_B)
         v = jax.vmap(put)(self.v_BSKH, v_BTKH, self.lengths_B)
         return KVCache(k_BSKH=k, v_BSKH=v, lengths_B=self.lengths_B + T)
+
+    def attend(self, core, q_BTNH: jax.Array, q_positions_BT: jax.Array, *, ctx=None) -> jax.Array:
+        """The layer's attention `core` for the new queries over every filled position.
+
+        Called after `write`; the cache decides how its keys are laid out
+        (inference/paged_cache.py gathers them through block tables).
+        """
+        B, S = self.k_BSKH.shape[:2]
+        return core(
+            q_BTNH, self.k_BSKH, self.v_BSKH, ctx=ctx, causal=True,
+            q_positions_BT=q_positions_BT, kv_positions_BS=default_positions(B, S), kv_lengths_B=self.lengths_B,
+        )
 
     def with_lengths(self, lengths_B: jax.Array) -> "KVCache":
         """Sets the filled lengths, e.g. to the true prompt lengths after a padded prefill."""
