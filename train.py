@@ -31,7 +31,6 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from attention.context import ForwardContext
 from data.errors import DataError
 from models.config import ConfigError, validate_model_config
-from models.flops import param_count, train_flops_per_token
 from sharding.axes import logical_rules
 from sharding.mesh import MeshError, make_mesh
 from sharding.rules import logical_axes_of, logical_to_spec, rules_from_config, tree_shardings
@@ -133,7 +132,7 @@ def train_step(state: dict, batch: dict, *, graphdef, task, tx, schedule, accum_
             grads, metrics = jax.tree.map(lambda x: x / accum_steps, (grads, metrics))
 
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
+        params = task.post_update(optax.apply_updates(state["params"], updates))  # Task hook (CLIP: clamp)
         metrics = {f"train/{k}": v for k, v in metrics.items()}
         metrics["train/grad_norm"] = optax.tree.norm(grads)
         metrics["train/lr"] = schedule(state["step"])
@@ -260,7 +259,7 @@ def best_of(curve: list[dict]) -> dict[str, float]:
     for point in curve:
         for k, v in point.items():
             if k != "step":
-                pick = max if k.endswith("accuracy") else min
+                pick = max if k.endswith("accuracy") or "recall_at_" in k else min
                 best[k] = pick(best.get(k, v), v)
     return best
 
@@ -276,10 +275,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     if start is not None:
         check_compatible(ckpt.read_meta(start)["config"], cfg_dict, workdir)
 
-    seq_len = int(cfg.data.seq_len)
     summary: dict[str, Any] = {
-        "params": param_count(cfg.model, s.task.flops_head),
-        "flops_per_token": train_flops_per_token(cfg.model, seq_len, s.task.flops_head),
+        "params": s.task.param_count(),  # Task hooks; default: models/flops.py on config.model
+        "flops_per_token": s.task.train_flops_per_token(),
         "tokens_per_step": s.task.tokens_per_step,
     }
     if is_main:
