@@ -147,4 +147,5 @@ def masked_loss(kind: str, img_BZ, txt_BZ, logit_scale, logit_bias, weights_B) -
     pos_B = jnp.diagonal(sim_BB)
     i2t_B = jax.nn.logsumexp(masked_BB, axis=1) - pos_B
     t2i_B = jax.nn.logsumexp(masked_BB, axis=0) - pos_B
-    return jnp.sum(0.5 * (i2t_B + t2i_B) * w_B)
+    # where, not a product: a padded row's logsumexp over nothing is not finite.
+    return jnp.sum(jnp.where(w_B > 0, 0.5 * (i2t_B + t2i_B), 0.0))

@@ -35,11 +35,11 @@ def get_config(arg: str | None = None):
     c = base_config()
     c.task = "clip"
     # Text tower: the shared Transformer over byte tokens (causal, EOS pooling as in CLIP).
-    c.model.update(vocab_size=VOCAB_SIZE, d_model=96, n_layers=3, n_heads=3, n_kv_heads=3, d_ff=384,
+    c.model.update(vocab_size=VOCAB_SIZE, d_model=64, n_layers=3, n_heads=2, n_kv_heads=2, d_ff=256,
                    causal=True, rope=True, tie_embeddings=False)
     # Image tower: a ViT from the same blocks.
     c.vision = default_model_config()
-    c.vision.update(d_model=96, n_layers=3, n_heads=3, n_kv_heads=3, d_ff=384, causal=False, rope=False,
+    c.vision.update(d_model=64, n_layers=3, n_heads=2, n_kv_heads=2, d_ff=256, causal=False, rope=False,
                     tie_embeddings=False)
     c.vision.update(ml_collections.ConfigDict(dict(
         image_size=32, patch_size=4, channels=3,
