@@ -4,8 +4,9 @@ Each image is I x I RGB (32 or 64) on a dark noisy background, with one object
 ("a small red circle at the top left") or two objects and a spatial relation
 ("a small red circle left of a large blue square"). An object is a shape x
 colour x size at a (jittered) position; captions come from several templates,
-some of which leave attributes out, so the text tower also meets short
-phrases like the zero-shot prompts ("a red circle").
+some of which leave attributes out (the colour too, as real captions often
+do), so the text tower also meets short phrases like the zero-shot prompts
+("a red circle", "a circle").
 
 Composition split: a fixed quarter of the (shape, colour) combinations never
 appears in training, in either scene type (`HELD_OUT`; every shape and every
@@ -32,7 +33,7 @@ COLOURS = {
     "white": (0.95, 0.95, 0.95), "cyan": (0.15, 0.85, 0.90),
 }
 COLOUR_NAMES = tuple(COLOURS)
-SIZES = {"small": 0.12, "large": 0.21}  # radius as a fraction of the image side
+SIZES = {"small": 0.14, "large": 0.22}  # radius as a fraction of the image side
 POSITIONS = {  # name -> centre (x, y), fractions of the side, y down
     "top left": (0.27, 0.27), "top": (0.5, 0.27), "top right": (0.73, 0.27),
     "left": (0.27, 0.5), "center": (0.5, 0.5), "right": (0.73, 0.5),
@@ -52,6 +53,8 @@ SINGLE_TEMPLATES = (
     "a {size} {colour} {shape}",
     "a {colour} {shape}",
     "a {colour} {shape} at the {pos}",
+    "a {size} {shape} at the {pos}",
+    "a {shape}",
 )
 PAIR_TEMPLATE = "a {size} {colour} {shape} {rel} a {size2} {colour2} {shape2}"
 

@@ -127,3 +127,11 @@ def test_cli_reports_bad_input_in_one_line_with_exit_status_2(tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1] == "error: vision.image_size=32 is not divisible by vision.patch_size=5"
+
+
+def test_clip_benchmark_runs_on_smoke_sizes(capsys):
+    from benchmarks import clip as bench
+
+    bench.main(["--smoke"])
+    out = capsys.readouterr().out
+    assert "images/s" in out and "MFU" in out and "shard_map local loss" in out
