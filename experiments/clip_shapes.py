@@ -15,10 +15,11 @@ templates averaged (chance 1/6 = 16.7%); `eval/zeroshot_object_heldout_*`
 picks the colour+shape among 48 classes (chance 2.1% top-1), where the true
 class is a combination the model never saw paired.
 
-Model: ViT image tower (patch 4 -> 64 patches + CLS, learned positions,
-width 96, 3 layers) and a causal byte-level text tower (width 96, 3 layers,
-64 tokens, EOS pooling), both projected to 64 and L2-normalised; softmax
-loss with t = ln(1/0.07) clamped to ln 100. Batch 128, AdamW 2e-3.
+Model (328K parameters): ViT image tower (patch 4 -> 64 patches + CLS,
+learned positions, width 64, 2 layers) and a causal byte-level text tower
+(width 64, 2 layers, 64 tokens, EOS pooling), both projected to 64 and
+L2-normalised; softmax loss with t = ln(1/0.07) clamped to ln 100. Batch
+128, AdamW 2e-3, 800 steps (102K pairs, none repeated).
 
 Arguments (comma separated): `loss=softmax|sigmoid`; `batch=N`;
 `image_size=64` (patch 8 keeps 64 patches); `smoke` shrinks everything.
@@ -35,11 +36,11 @@ def get_config(arg: str | None = None):
     c = base_config()
     c.task = "clip"
     # Text tower: the shared Transformer over byte tokens (causal, EOS pooling as in CLIP).
-    c.model.update(vocab_size=VOCAB_SIZE, d_model=64, n_layers=3, n_heads=2, n_kv_heads=2, d_ff=256,
+    c.model.update(vocab_size=VOCAB_SIZE, d_model=64, n_layers=2, n_heads=2, n_kv_heads=2, d_ff=256,
                    causal=True, rope=True, tie_embeddings=False)
     # Image tower: a ViT from the same blocks.
     c.vision = default_model_config()
-    c.vision.update(d_model=64, n_layers=3, n_heads=2, n_kv_heads=2, d_ff=256, causal=False, rope=False,
+    c.vision.update(d_model=64, n_layers=2, n_heads=2, n_kv_heads=2, d_ff=256, causal=False, rope=False,
                     tie_embeddings=False)
     c.vision.update(ml_collections.ConfigDict(dict(
         image_size=32, patch_size=4, channels=3,
@@ -68,7 +69,7 @@ def get_config(arg: str | None = None):
         val_fraction=0.1,        # files only
     ))
     c.optim.update(learning_rate=2e-3, warmup_steps=50, weight_decay=0.1)
-    c.train.update(num_steps=1000, log_every=50, eval_every=250, checkpoint_every=500)
+    c.train.update(num_steps=800, log_every=50, eval_every=200, checkpoint_every=400)
     if "loss" in args:
         c.clip.loss = args["loss"]
     if "batch" in args:

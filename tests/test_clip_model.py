@@ -159,3 +159,25 @@ def test_retrieval_recall_matches_brute_force_with_duplicate_captions_and_paddin
         assert float(out[f"i2t_recall_at_{k}"]) == brute_recall(sim, groups, weights, k)
         assert float(out[f"t2i_recall_at_{k}"]) == brute_recall(sim.T, groups, weights, k)
     assert float(out["count"]) == 20
+
+
+def test_analytic_flops_agree_with_xla_cost_analysis():
+    from clip import loss as closs
+    from clip.model import clip_train_flops_per_example
+
+    c = clip_shapes.get_config()  # the real config: elementwise work is a small share there
+    B = 8
+    c.data.batch_size = B
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: CLIPModel(c, rngs=nnx.Rngs(0))))
+
+    def forward(state, images, tokens, seg):
+        m = nnx.merge(graphdef, state)
+        img, txt, _ = m(images, tokens, seg)
+        return closs.softmax_loss(img, txt, m.logit_scale[...])[0]
+
+    args = (state, jax.ShapeDtypeStruct((B, 32, 32, 3), jnp.float32), jax.ShapeDtypeStruct((B, 64), jnp.int32),
+            jax.ShapeDtypeStruct((B, 64), jnp.int32))
+    cost = jax.jit(forward).lower(*args).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    ratio = clip_train_flops_per_example(c) / 3 / (cost["flops"] / B)
+    assert 0.85 < ratio <= 1.0, ratio  # analytic counts matmuls only (models/flops.py conventions)

@@ -11,9 +11,9 @@ data.seq_len, seq_len fixed), so a batch of 256 takes 8x fewer optimizer
 steps than a batch of 32 at the same learning rate and schedule shape
 (warmup 10% of each run's steps): the comparison is "more negatives per
 step vs more steps", the trade-off a fixed data budget forces. It is a
-reduced CPU setting (see experiments/README.md and the committed report for
-what it shows): the experiments/clip_shapes.py model with 2-layer towers,
-6144 pairs per run, evaluation on the fixed 768-pair validation set
+reduced CPU setting (see the committed report in results/clip_batch_size/
+for what it shows): the experiments/clip_shapes.py model, 4096 pairs per
+run, one evaluation at the end on the fixed 768-pair validation set
 (zero-shot over held-out colour-shape combinations, retrieval over all 768).
 
 Points: batch in {32, 64, 128, 256} x loss in {softmax, sigmoid}; baseline
@@ -34,7 +34,7 @@ from experiments.study import Study
 
 BATCHES = (32, 64, 128, 256)
 LOSSES = ("softmax", "sigmoid")
-PAIRS_PER_RUN = 6144
+PAIRS_PER_RUN = 4096
 TABLE_METRICS = ("eval/zeroshot_shape_heldout_top1_accuracy", "eval/zeroshot_object_heldout_top1_accuracy",
                  "eval/i2t_recall_at_1", "eval/t2i_recall_at_1", "eval/zeroshot_shape_seen_top1_accuracy")
 
@@ -51,8 +51,8 @@ def get_study(arg=None) -> Study:
         budget={"mode": "tokens", "value": PAIRS_PER_RUN * seq_len},
         metrics=("eval/zeroshot_shape_heldout_error",) + TABLE_METRICS,
         baseline="softmax_b32",
-        overrides={"train.tensorboard": False, "data.seq_len": seq_len, "model.n_layers": 2, "vision.n_layers": 2},
-        evals_per_run=2,
+        overrides={"train.tensorboard": False, "data.seq_len": seq_len},
+        evals_per_run=1,
     )
     if args.get("smoke"):
         study.config = "experiments/clip_shapes.py:smoke"
