@@ -45,8 +45,13 @@ def class_embeddings(encode_text: Callable, tokens_XL: jax.Array, segment_ids_XL
 def zeroshot_hits(img_BZ: jax.Array, classes_CZ: jax.Array, labels_B: jax.Array, weights_B: jax.Array,
                   ks: Sequence[int] = (1, 5)) -> dict[str, jax.Array]:
     """{'top1': weighted hits, 'top5': ..., 'count': sum of weights}; k is capped at the class count."""
-    scores_BC = jnp.einsum("BZ,CZ->BC", img_BZ, classes_CZ)
-    C = classes_CZ.shape[0]
+    return hits_from_scores(jnp.einsum("BZ,CZ->BC", img_BZ, classes_CZ), labels_B, weights_B, ks)
+
+
+def hits_from_scores(scores_BC: jax.Array, labels_B: jax.Array, weights_B: jax.Array,
+                     ks: Sequence[int] = (1, 5)) -> dict[str, jax.Array]:
+    """Top-k hits of class scores (e.g. a subset of a classifier's columns per image)."""
+    C = scores_BC.shape[1]
     # Rank of the true class = number of classes scoring strictly higher (ties favour the truth
     # only when exactly tied, which random float scores almost never are).
     true_B = jnp.take_along_axis(scores_BC, labels_B[:, None], axis=1)

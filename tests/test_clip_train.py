@@ -35,7 +35,8 @@ def test_smoke_config_trains_and_logs_clip_metrics(tmp_path, devices):
     summary = train.train_and_evaluate(smoke(), str(tmp_path), devices[:1])
     final = summary["final"]
     for k in ("eval/loss", "eval/i2t_recall_at_1", "eval/t2i_recall_at_10", "eval/zeroshot_shape_heldout_top1_accuracy",
-              "eval/zeroshot_object_seen_top5_accuracy", "eval/zeroshot_shape_heldout_error"):
+              "eval/zeroshot_object_seen_top5_accuracy", "eval/zeroshot_shape_heldout_error",
+              "eval/zeroshot_shapecolour_heldout_top1_accuracy"):
         assert k in final and np.isfinite(final[k]), k
     assert final["eval/i2t_recall_at_1"] <= final["eval/i2t_recall_at_5"] <= final["eval/i2t_recall_at_10"] <= 1.0
     assert summary["tokens_per_step"] == 16 and summary["params"] > 0 and summary["flops_per_token"] > 0
@@ -135,3 +136,19 @@ def test_clip_benchmark_runs_on_smoke_sizes(capsys):
     bench.main(["--smoke"])
     out = capsys.readouterr().out
     assert "images/s" in out and "MFU" in out and "shard_map local loss" in out
+
+
+@pytest.mark.slow
+def test_batch_size_smoke_study_writes_report_and_tables(tmp_path):
+    from experiments.studies import clip_batch_size
+    from experiments.results import load_results
+    from experiments.study import load_study, run_study
+
+    study = load_study("experiments/studies/clip_batch_size.py:smoke")
+    run_study(study, tmp_path, log=lambda *_: None)
+    records = load_results(tmp_path / "results.jsonl")
+    assert sorted({r["point"] for r in records}) == ["sigmoid_b16", "softmax_b8"]
+    assert {r["tokens"] for r in records} == {32}  # matched pairs seen: 4 steps of 8, 2 steps of 16
+    tables = clip_batch_size.accuracy_tables(tmp_path).read_text()
+    assert "`softmax_b8`" in tables and "i2t_recall_at_1" in tables
+    assert "softmax_b8" in (tmp_path / "report.md").read_text()
