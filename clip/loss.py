@@ -16,11 +16,14 @@ independent binary problem, z_ij = +1 on the diagonal and -1 elsewhere,
 with s = exp(t), t initialised to ln 10 and b to -10 (the prior that almost all
 pairs are negatives).
 
-Sharded forms ("local loss + all-gather with gradient", open_clip's
+Sharded forms ("local loss + all-gather with gradient", as open_clip's
 `local_loss=True, gather_with_grad=True`): the batch is split over the mesh
 axes that carry it; inside `jax.shard_map` each device holds b = B/n rows,
-all-gathers the other modality's embeddings ([B, Z], small) and computes only
-its own b rows of the logits ([b, B] instead of [B, B]) in both directions.
+all-gathers the text embeddings ([B, Z], small) and computes only its own b
+rows of the logits ([b, B] instead of [B, B]). Image->text uses those rows;
+text->image needs columns, whose logsumexp is combined across devices from
+per-device partial sums of exp ([B] vectors), so one [b, B] matmul serves
+both directions (open_clip gathers both modalities and computes two).
 The per-device sums are `psum`med and divided by the global B. `all_gather`
 is differentiable (its transpose is a reduce-scatter), so the gradients that
 other devices' rows send to this device's embeddings arrive; the result is
@@ -79,15 +82,19 @@ def sharded_softmax_loss(img_BZ, txt_BZ, logit_scale, *, batch_axes: Sequence[st
     def local(img_bZ, txt_bZ, t):
         b = img_bZ.shape[0]
         B = b * jax.lax.axis_size(axes)
-        s = jnp.exp(t)
         txt_all_BZ = jax.lax.all_gather(txt_bZ, axes, axis=0, tiled=True)
-        img_all_BZ = jax.lax.all_gather(img_bZ, axes, axis=0, tiled=True)
         labels_b = _local_labels(b, axes)
-        i2t_bB = s * jnp.einsum("bZ,BZ->bB", img_bZ, txt_all_BZ)   # my images vs all captions
-        t2i_bB = s * jnp.einsum("bZ,BZ->bB", txt_bZ, img_all_BZ)   # my captions vs all images
-        i2t = jax.lax.psum(_xent_rows(i2t_bB, labels_b), axes) / B
-        t2i = jax.lax.psum(_xent_rows(t2i_bB, labels_b), axes) / B
-        hits = jnp.sum((jnp.argmax(i2t_bB, axis=1) == labels_b).astype(jnp.float32))
+        logits_bB = (jnp.exp(t) * jnp.einsum("bZ,BZ->bB", img_bZ, txt_all_BZ)).astype(jnp.float32)
+        i2t = jax.lax.psum(_xent_rows(logits_bB, labels_b), axes) / B   # my images vs all captions
+        # Caption j's text->image logsumexp runs down column j, whose rows live on every device:
+        # combine per-device partial sums of exp (stabilised by the global column max, a constant
+        # for the gradient since logsumexp does not depend on it). One [b, B] matmul serves both
+        # directions, where gathering the images too would need a second one.
+        max_B = jax.lax.pmax(jax.lax.stop_gradient(jnp.max(logits_bB, axis=0)), axes)
+        sumexp_B = jax.lax.psum(jnp.sum(jnp.exp(logits_bB - max_B), axis=0), axes)
+        pos_b = jnp.take_along_axis(logits_bB, labels_b[:, None], axis=1)[:, 0]
+        t2i = (jnp.sum(jnp.log(sumexp_B) + max_B) - jax.lax.psum(jnp.sum(pos_b), axes)) / B
+        hits = jnp.sum((jnp.argmax(logits_bB, axis=1) == labels_b).astype(jnp.float32))
         acc = jax.lax.psum(hits, axes) / B
         return (i2t + t2i) / 2, {"clip/i2t_loss": i2t, "clip/t2i_loss": t2i, "clip/batch_i2t_accuracy": acc}
 
