@@ -127,7 +127,8 @@ class CLIPTask(Task):
             self.train_tokens = self.tokenizer.encode(self.train_set.captions)
             self.val_zeroshot = {}
         self.val_tokens = self.tokenizer.encode(self.val_captions)
-        self.val_groups = zeroshot.caption_groups(self.val_captions)
+        # Retrieval ground truth: equal token rows (what the text tower sees, after any cutting).
+        self.val_groups = zeroshot.caption_groups([row.tobytes() for row in self.val_tokens[0]])
 
     def build_model(self, rngs):
         return CLIPModel(self.config, rngs=rngs)
