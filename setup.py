@@ -11,7 +11,7 @@ setup(
     version="0.1.0",
     description="JAX/Flax NNX codebase for attention, MoE and CLIP scaling studies",
     python_requires=">=3.11",
-    packages=find_packages(include=["attention*", "models*", "sharding*", "data*", "tasks*", "trainer*",
+    packages=find_packages(include=["attention*", "clip*", "models*", "sharding*", "data*", "tasks*", "trainer*",
                                     "experiments*", "benchmarks*", "inference*", "kernels*", "moe*"]),
     py_modules=["train"],
     install_requires=[
@@ -27,6 +27,7 @@ setup(
         "tensorboardX>=2.6,<3",
         "scipy>=1.14,<2",
         "matplotlib>=3.9,<4",
+        "pillow>=10.4,<14",
     ],
     extras_require={
         "dev": [

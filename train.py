@@ -31,7 +31,6 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from attention.context import ForwardContext
 from data.errors import DataError
 from models.config import ConfigError, validate_model_config
-from models.flops import param_count, train_flops_per_token
 from sharding.axes import logical_rules
 from sharding.mesh import MeshError, make_mesh
 from sharding.rules import logical_axes_of, logical_to_spec, rules_from_config, tree_shardings
@@ -154,7 +153,7 @@ def train_step(state: dict, batch: dict, *, graphdef, task, tx, schedule, accum_
         grads = nan_guard.inject_nan(grads, state["step"], nan_injection)
         finite, first_bad_leaf = nan_guard.finite_check(loss, grads)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
+        params = task.post_update(optax.apply_updates(state["params"], updates))  # Task hook (CLIP: clamp)
         stats, extra = task.update_stats(state["stats"], metrics)
         if nan_policy == "skip":
             # A skipped step changes nothing: parameters, optimizer state and carried statistics.
@@ -309,7 +308,7 @@ def best_of(curve: list[dict]) -> dict[str, float]:
     for point in curve:
         for k, v in point.items():
             if k != "step":
-                pick = max if k.endswith("accuracy") else min
+                pick = max if k.endswith("accuracy") or "recall_at_" in k else min
                 best[k] = pick(best.get(k, v), v)
     return best
 
@@ -326,10 +325,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     if start is not None:
         check_compatible(saved_meta["config"], cfg_dict, workdir)
 
-    seq_len = int(cfg.data.seq_len)
     summary: dict[str, Any] = {
-        "params": param_count(cfg.model, s.task.flops_head),
-        "flops_per_token": train_flops_per_token(cfg.model, seq_len, s.task.flops_head),
+        "params": s.task.param_count(),  # Task hooks; default: models/flops.py on config.model
+        "flops_per_token": s.task.train_flops_per_token(),
         "tokens_per_step": s.task.tokens_per_step,
     }
     if is_main:

@@ -23,7 +23,7 @@ import numpy as np
 import train
 from benchmarks.baselines import make_bare_jax_step, make_torch_step, matmul_peak_flops
 from experiments import lm_tiny
-from models.flops import train_flops_per_token
+from models.flops import param_count, train_flops_per_token
 
 
 def config_20m():
@@ -106,7 +106,7 @@ def bench(cfg_name: str, steps: int, repeats: int, peak: float, with_torch: bool
             times[c.name].append((time.perf_counter() - t0) / steps)
     tokens = cfg.data.batch_size * cfg.data.seq_len
     fpt = train_flops_per_token(cfg.model, cfg.data.seq_len)
-    out = {"config": cfg_name, "params": train.param_count(cfg.model), "tokens_per_step": tokens}
+    out = {"config": cfg_name, "params": param_count(cfg.model), "tokens_per_step": tokens}
     med = {k: float(np.median(v)) for k, v in times.items()}
     for k, v in med.items():
         out[f"{k}/step_ms"] = 1e3 * v

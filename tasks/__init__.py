@@ -1,9 +1,10 @@
 """Tasks by config string (`config.task`)."""
 from tasks.base import Task
 from tasks.classify import ListOpsTask
+from tasks.clip import CLIPTask
 from tasks.lm import LMTask
 
-TASKS: dict[str, type[Task]] = {"lm": LMTask, "listops": ListOpsTask}
+TASKS: dict[str, type[Task]] = {"lm": LMTask, "listops": ListOpsTask, "clip": CLIPTask}
 
 
 def get_task(name: str) -> type[Task]:
@@ -14,4 +15,4 @@ def get_task(name: str) -> type[Task]:
     return TASKS[name]
 
 
-__all__ = ["Task", "LMTask", "ListOpsTask", "TASKS", "get_task"]
+__all__ = ["Task", "LMTask", "ListOpsTask", "CLIPTask", "TASKS", "get_task"]

@@ -67,6 +67,23 @@ class Task:
         """Anything beyond metrics logged at evaluation (e.g. a text sample)."""
         return {}
 
+    # --- hooks with defaults (override where the default does not describe the task) ----
+    def post_update(self, params):
+        """Pure-dict params after each optimizer update -> params (e.g. CLIP clamps its logit scale)."""
+        return params
+
+    def param_count(self) -> int:
+        """Parameter count for the run summary; default: `models.flops` for `config.model`."""
+        from models.flops import param_count
+
+        return param_count(self.config.model, self.flops_head)
+
+    def train_flops_per_token(self) -> float:
+        """Training FLOPs per unit of `tokens_per_step`; default: `models.flops` for `config.model`."""
+        from models.flops import train_flops_per_token
+
+        return train_flops_per_token(self.config.model, int(self.config.data.seq_len), self.flops_head)
+
     # --- statistics carried across steps -------------------------------------
     def init_stats(self) -> dict:
         """Arrays the train state carries from step to step for metrics that need history.

@@ -1,0 +1,1 @@
+"""CLIP: image and text towers, contrastive losses, zero-shot and retrieval evaluation."""

@@ -1,0 +1,70 @@
+"""Byte-level caption tokenizer (no vocabulary file, nothing to download), with a hook for others.
+
+Token ids: the 256 byte values, then PAD, BOS (doubles as the CLS token for
+`text_pooling="cls"`) and EOS. Every caption becomes BOS + UTF-8 bytes + EOS,
+cut to `seq_len` (the EOS is kept even when the bytes are cut, so EOS pooling
+always finds it) and padded with PAD. `segment_ids` is 1 on real tokens and
+0 on padding: the attention mask and the pooling read it.
+
+A user tokenizer plugs in by name through `register_tokenizer(name, factory)`
+where `factory(seq_len)` returns an object with `vocab_size` and
+`encode(captions) -> (tokens_BL, segment_ids_BL)` honouring the same layout
+(the position of the last real token is where EOS pooling reads).
+"""
+from __future__ import annotations
+
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+
+from data.errors import DataError
+
+PAD, BOS, EOS = 256, 257, 258
+VOCAB_SIZE = 259
+
+
+class Tokenizer(Protocol):
+    vocab_size: int
+
+    def encode(self, captions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class ByteTokenizer:
+    vocab_size = VOCAB_SIZE
+
+    def __init__(self, seq_len: int):
+        if seq_len < 3:
+            raise DataError(f"data.seq_len={seq_len} is too short for a caption (BOS + 1 byte + EOS needs 3)")
+        self.seq_len = seq_len
+
+    def encode(self, captions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        L = self.seq_len
+        tokens_BL = np.full((len(captions), L), PAD, np.int32)
+        for i, text in enumerate(captions):
+            if not isinstance(text, str) or not text.strip():
+                raise DataError(f"caption {i} is empty ({text!r}); every image needs a non-empty caption")
+            body = np.frombuffer(text.encode("utf-8"), np.uint8)[: L - 2]
+            tokens_BL[i, 0] = BOS
+            tokens_BL[i, 1:1 + len(body)] = body
+            tokens_BL[i, 1 + len(body)] = EOS
+        return tokens_BL, (tokens_BL != PAD).astype(np.int32)
+
+    def decode(self, tokens_L: np.ndarray) -> str:
+        body = [int(t) for t in tokens_L if t < 256]
+        return bytes(body).decode("utf-8", errors="replace")
+
+
+TOKENIZERS: dict[str, Callable[[int], Tokenizer]] = {"bytes": ByteTokenizer}
+
+
+def register_tokenizer(name: str, factory: Callable[[int], Tokenizer]) -> None:
+    """Makes `data.tokenizer=name` build `factory(seq_len)`."""
+    TOKENIZERS[name] = factory
+
+
+def get_tokenizer(name: str, seq_len: int) -> Tokenizer:
+    if name not in TOKENIZERS:
+        from models.config import ConfigError
+
+        raise ConfigError(f"data.tokenizer={name!r} is not a registered tokenizer; choose one of {sorted(TOKENIZERS)}")
+    return TOKENIZERS[name](seq_len)
