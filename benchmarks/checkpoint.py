@@ -38,6 +38,7 @@ import numpy as np
 
 import train
 from benchmarks.train_step import config_20m
+from models.flops import param_count
 from trainer import launch
 from trainer.checkpoint import Checkpointer
 
@@ -135,7 +136,7 @@ def multiprocess_slowdown(root: str, steps: int, repeats: int) -> dict[str, floa
 def report_checkpoint(cfg, repeats: int, root: str) -> None:
     t = checkpoint_times(cfg, repeats, root)
     step = t["train_step"]
-    print(f"== checkpoint, {train.param_count(cfg.model):,} params, state {t['state_bytes'] / 2**20:.0f} MiB, "
+    print(f"== checkpoint, {param_count(cfg.model):,} params, state {t['state_bytes'] / 2**20:.0f} MiB, "
           f"medians of {repeats}; train step {1e3 * step:.0f} ms")
     for k, label in (("sync_save", "sync save (total)"), ("async_blocking", "async save, blocking part"),
                      ("async_total", "async save, total"), ("restore", "restore")):
