@@ -13,7 +13,7 @@ steps than a batch of 32 at the same learning rate and schedule shape
 step vs more steps", the trade-off a fixed data budget forces. It is a
 reduced CPU setting (see the committed report in experiments/results/clip_batch_size/
 for what it shows): a 1-layer, width-32 version of experiments/clip_shapes.py
-(42K parameters, `TINY` below) on single-object scenes, 8192 pairs per run,
+(42K parameters, `TINY` below) on single-object scenes, 32,768 pairs per run,
 one evaluation at the end on the fixed 768-pair validation set (zero-shot
 over held-out colour-shape combinations, retrieval over all 768).
 
@@ -37,7 +37,7 @@ from experiments.study import Study
 
 BATCHES = (32, 64, 128, 256)
 LOSSES = ("softmax", "sigmoid")
-PAIRS_PER_RUN = 8192
+PAIRS_PER_RUN = 32768
 # A 1-layer width-32 version of the main config (patch 8, single-object scenes, 40 tokens): on this
 # project's shared 2-core machine it learns more per CPU-second than the main config, which the
 # study's 24 runs need.
