@@ -51,7 +51,7 @@ def layer_config(kind: str):
     return cfg
 
 
-def _median_time(fn, args, repeats: int) -> float:
+def median_time(fn, args, repeats: int) -> float:
     jax.block_until_ready(fn(*args))
     times = []
     for _ in range(repeats):
@@ -81,8 +81,8 @@ def measure(kind: str, n: int, repeats: int, max_bytes: float) -> dict:
     if peak > max_bytes:
         row["skipped"] = f"planned memory {peak / 2**30:.1f} GiB > limit"
         return row
-    row["fwd_s"] = _median_time(fwd_j, (params, x), repeats)
-    row["fwd_bwd_s"] = _median_time(grad_j, (params, x), repeats)
+    row["fwd_s"] = median_time(fwd_j, (params, x), repeats)
+    row["fwd_bwd_s"] = median_time(grad_j, (params, x), repeats)
     return row
 
 
@@ -90,7 +90,7 @@ def dense_vs_jax(n: int, repeats: int) -> dict:
     q, k, v = (jax.random.normal(jax.random.key(i), (1, n, 4, 64)) for i in range(3))
     ours = jax.jit(lambda q, k, v: dense_attention_xla(q, k, v))
     theirs = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla"))
-    t_ours, t_theirs = _median_time(ours, (q, k, v), repeats), _median_time(theirs, (q, k, v), repeats)
+    t_ours, t_theirs = median_time(ours, (q, k, v), repeats), median_time(theirs, (q, k, v), repeats)
     return {"n": n, "ours_s": t_ours, "jax_nn_s": t_theirs, "ours_speedup": t_theirs / t_ours}
 
 

@@ -20,12 +20,12 @@ anything there.
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.attention import median_time
 from kernels.flash_attention import flash_attention
 
 # bf16 dense tensor-core peak (no sparsity), from the vendors' data sheets.
@@ -40,16 +40,6 @@ def attention_fn(impl: str, causal: bool):
     if impl == "pallas":
         return lambda q, k, v: flash_attention(q, k, v, causal=causal)
     return lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation=impl)
-
-
-def median_time(fn, args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
 
 
 def flops_fwd(B, N, n, H, causal) -> float:
