@@ -23,16 +23,13 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from kernels.flash_attention.forward import LOG2E, dot_f32
-from kernels.flash_attention.masking import NEG, MaskSpec, iota, key_block_range, query_block_range, tile_mask
+from kernels.flash_attention.masking import (NEG, MaskSpec, iota, key_block_range, query_block_range,
+                                              split_token_refs, tile_mask, token_inputs)
 
 
 def _dkdv_kernel(*refs, spec: MaskSpec, G: int, bq: int, bk: int, n_q_blocks: int, scale: float, precision):
     q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *rest = refs
-    q_seg_ref = k_seg_ref = q_pos_ref = k_pos_ref = None
-    if spec.has_segments:
-        q_seg_ref, k_seg_ref, *rest = rest
-    if spec.has_positions:
-        q_pos_ref, k_pos_ref, *rest = rest
+    q_seg_ref, k_seg_ref, q_pos_ref, k_pos_ref, rest = split_token_refs(spec, rest)
     dk_ref, dv_ref = rest
     j = pl.program_id(2)
     H = k_ref.shape[-1]
@@ -75,11 +72,7 @@ def _dkdv_kernel(*refs, spec: MaskSpec, G: int, bq: int, bk: int, n_q_blocks: in
 
 def _dq_kernel(*refs, spec: MaskSpec, bq: int, bk: int, n_kv_blocks: int, scale: float, precision):
     q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *rest = refs
-    q_seg_ref = k_seg_ref = q_pos_ref = k_pos_ref = None
-    if spec.has_segments:
-        q_seg_ref, k_seg_ref, *rest = rest
-    if spec.has_positions:
-        q_pos_ref, k_pos_ref, *rest = rest
+    q_seg_ref, k_seg_ref, q_pos_ref, k_pos_ref, rest = split_token_refs(spec, rest)
     (dq_ref,) = rest
     i = pl.program_id(2)
     H = q_ref.shape[-1]
@@ -132,13 +125,11 @@ def flash_backward(q, k, v, do, lse2, delta, q_seg, k_seg, q_pos, k_pos, *, spec
         pl.BlockSpec((None, G, Tp), lambda b, h, j: (b, h, 0)),
     ]
     args = [q, k, v, do, lse2, delta]
-    tok_specs = [pl.BlockSpec((None, Tp), lambda b, h, j: (b, 0)), pl.BlockSpec((None, bk), lambda b, h, j: (b, j))]
-    if spec.has_segments:
-        in_specs += tok_specs
-        args += [q_seg, k_seg]
-    if spec.has_positions:
-        in_specs += tok_specs
-        args += [q_pos, k_pos]
+    extra_args, extra_specs = token_inputs(spec, q_seg, k_seg, q_pos, k_pos,
+                                           pl.BlockSpec((None, Tp), lambda b, h, j: (b, 0)),
+                                           pl.BlockSpec((None, bk), lambda b, h, j: (b, j)))
+    args += extra_args
+    in_specs += extra_specs
     kv_spec = pl.BlockSpec((None, bk, None, H), lambda b, h, j: (b, j, h, 0))
     dk, dv = pl.pallas_call(
         functools.partial(_dkdv_kernel, spec=spec, G=G, bq=bq, bk=bk, n_q_blocks=Tp // bq, scale=scale,
@@ -163,13 +154,11 @@ def flash_backward(q, k, v, do, lse2, delta, q_seg, k_seg, q_pos, k_pos, *, spec
         pl.BlockSpec((None, None, bq), lambda b, n, i: (b, n, i)),
     ]
     args = [q, k, v, do, lse2, delta]
-    tok_specs = [pl.BlockSpec((None, bq), lambda b, n, i: (b, i)), pl.BlockSpec((None, Sp), lambda b, n, i: (b, 0))]
-    if spec.has_segments:
-        in_specs += tok_specs
-        args += [q_seg, k_seg]
-    if spec.has_positions:
-        in_specs += tok_specs
-        args += [q_pos, k_pos]
+    extra_args, extra_specs = token_inputs(spec, q_seg, k_seg, q_pos, k_pos,
+                                           pl.BlockSpec((None, bq), lambda b, n, i: (b, i)),
+                                           pl.BlockSpec((None, Sp), lambda b, n, i: (b, 0)))
+    args += extra_args
+    in_specs += extra_specs
     dq = pl.pallas_call(
         functools.partial(_dq_kernel, spec=spec, bq=bq, bk=bk, n_kv_blocks=Sp // bk, scale=scale,
                           precision=precision),

@@ -22,7 +22,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from kernels.flash_attention.masking import NEG, MaskSpec, iota, key_block_range, tile_mask
+from kernels.flash_attention.masking import (NEG, MaskSpec, iota, key_block_range, split_token_refs,
+                                              tile_mask, token_inputs)
 
 LOG2E = math.log2(math.e)
 
@@ -37,11 +38,7 @@ def dot_f32(a, b, *, trans_b: bool = False, trans_a: bool = False, precision=Non
 
 def _fwd_kernel(*refs, spec: MaskSpec, bq: int, bk: int, n_kv_blocks: int, scale2: float, precision):
     q_ref, k_ref, v_ref, *rest = refs
-    q_seg_ref = k_seg_ref = q_pos_ref = k_pos_ref = None
-    if spec.has_segments:
-        q_seg_ref, k_seg_ref, *rest = rest
-    if spec.has_positions:
-        q_pos_ref, k_pos_ref, *rest = rest
+    q_seg_ref, k_seg_ref, q_pos_ref, k_pos_ref, rest = split_token_refs(spec, rest)
     o_ref, lse_ref = rest
     i = pl.program_id(2)
     H = q_ref.shape[-1]
@@ -92,13 +89,11 @@ def flash_forward(q, k, v, q_seg, k_seg, q_pos, k_pos, *, spec: MaskSpec, scale:
         pl.BlockSpec((None, Sp, None, H), lambda b, n, i: (b, 0, n // G, 0)),
     ]
     args = [q, k, v]
-    tok_specs = [pl.BlockSpec((None, bq), lambda b, n, i: (b, i)), pl.BlockSpec((None, Sp), lambda b, n, i: (b, 0))]
-    if spec.has_segments:
-        in_specs += tok_specs
-        args += [q_seg, k_seg]
-    if spec.has_positions:
-        in_specs += tok_specs
-        args += [q_pos, k_pos]
+    extra_args, extra_specs = token_inputs(spec, q_seg, k_seg, q_pos, k_pos,
+                                           pl.BlockSpec((None, bq), lambda b, n, i: (b, i)),
+                                           pl.BlockSpec((None, Sp), lambda b, n, i: (b, 0)))
+    args += extra_args
+    in_specs += extra_specs
     kernel = functools.partial(_fwd_kernel, spec=spec, bq=bq, bk=bk, n_kv_blocks=nk, scale2=scale * LOG2E,
                                precision=precision)
     return pl.pallas_call(

@@ -60,31 +60,57 @@ def tile_mask(spec: MaskSpec, q_pos, k_pos, k_idx, q_seg=None, k_seg=None, *, kv
     return mask
 
 
+def _band_blocks(idx, size: int, other: int, before: int | None, after: int | None, n_other: int):
+    """Blocks [lo, hi) of the other axis (blocks of `other`) that block `idx` (of `size`) meets,
+    when element p of this axis meets elements p - before .. p + after of the other one."""
+    lo, hi = 0, n_other
+    if before is not None:
+        lo = lax.div(jnp.maximum(idx * size - before, 0), other)
+    if after is not None:
+        # last visible index: idx*size + size - 1 + after; blocks up to and including it
+        last = idx * size + size - 1 + after
+        hi = jnp.clip(lax.div(jnp.maximum(last, -1) + other, other), 0, n_other)
+    return lo, hi
+
+
 def key_block_range(spec: MaskSpec, i, bq: int, bk: int, n_kv_blocks: int):
     """Key blocks [lo, hi) that query block i can see (all of them with explicit positions)."""
     if spec.has_positions or not spec.banded:
         return 0, n_kv_blocks
-    lo, hi = 0, n_kv_blocks
-    if spec.left is not None:
-        lo = lax.div(jnp.maximum(i * bq - spec.left, 0), bk)
-    if spec.right is not None:
-        # last visible key index: i*bq + bq - 1 + right; blocks up to and including it
-        last = i * bq + bq - 1 + spec.right
-        hi = jnp.clip(lax.div(jnp.maximum(last, -1) + bk, bk), 0, n_kv_blocks)
-    return lo, hi
+    return _band_blocks(i, bq, bk, spec.left, spec.right, n_kv_blocks)
 
 
 def query_block_range(spec: MaskSpec, j, bq: int, bk: int, n_q_blocks: int):
-    """Query blocks [lo, hi) that can see key block j (the transpose of `key_block_range`)."""
+    """Query blocks [lo, hi) that can see key block j (the transpose: left and right swap roles)."""
     if spec.has_positions or not spec.banded:
         return 0, n_q_blocks
-    lo, hi = 0, n_q_blocks
-    if spec.right is not None:
-        lo = lax.div(jnp.maximum(j * bk - spec.right, 0), bq)
-    if spec.left is not None:
-        last = j * bk + bk - 1 + spec.left  # last query index that sees this block
-        hi = jnp.clip(lax.div(jnp.maximum(last, -1) + bq, bq), 0, n_q_blocks)
-    return lo, hi
+    return _band_blocks(j, bk, bq, spec.right, spec.left, n_q_blocks)
+
+
+def token_inputs(spec: MaskSpec, q_seg, k_seg, q_pos, k_pos, q_tok_spec, k_tok_spec) -> tuple[list, list]:
+    """(extra pallas_call inputs, their BlockSpecs): segment ids, then positions, when the mask has them.
+
+    The kernels read them back in the same order with `split_token_refs`.
+    """
+    args, specs = [], []
+    if spec.has_segments:
+        args += [q_seg, k_seg]
+        specs += [q_tok_spec, k_tok_spec]
+    if spec.has_positions:
+        args += [q_pos, k_pos]
+        specs += [q_tok_spec, k_tok_spec]
+    return args, specs
+
+
+def split_token_refs(spec: MaskSpec, refs):
+    """(q_seg_ref, k_seg_ref, q_pos_ref, k_pos_ref, remaining refs) from the refs after the tensor inputs;
+    absent inputs are None (the order `token_inputs` passes them in)."""
+    q_seg = k_seg = q_pos = k_pos = None
+    if spec.has_segments:
+        q_seg, k_seg, *refs = refs
+    if spec.has_positions:
+        q_pos, k_pos, *refs = refs
+    return q_seg, k_seg, q_pos, k_pos, list(refs)
 
 
 def iota(n: int, start) -> jax.Array:
