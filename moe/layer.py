@@ -141,10 +141,11 @@ class MoEFFN(nnx.Module):
         validate_moe_config(cfg)
 
     # --- forward --------------------------------------------------------------
-    def _expert_weights(self) -> dict:
-        w = {"in": self.w_in_EDF[...].astype(self.dtype), "out": self.w_out_EFD[...].astype(self.dtype)}
+    def _weights(self, w_in, w_gate, w_out) -> dict:
+        """{"in", "gate" (SwiGLU only), "out"} in the compute dtype, as the dispatch functions take them."""
+        w = {"in": w_in[...].astype(self.dtype), "out": w_out[...].astype(self.dtype)}
         if self.activation == "swiglu":
-            w["gate"] = self.w_gate_EDF[...].astype(self.dtype)
+            w["gate"] = w_gate[...].astype(self.dtype)
         return w
 
     def _gmm(self):
@@ -173,7 +174,7 @@ class MoEFFN(nnx.Module):
         probs_BTE = jax.nn.softmax(logits_BTE, axis=-1)
         factor = self.capacity_factor[0 if train else 1]
         axis = parallel.expert_mesh_axis()
-        w = self._expert_weights()
+        w = self._weights(self.w_in_EDF, getattr(self, "w_gate_EDF", None), self.w_out_EFD)
 
         # Dispatch, experts, combine. Groups are sequences: G = B, S = T.
         if self.router_type == "expert_choice":
@@ -204,9 +205,7 @@ class MoEFFN(nnx.Module):
             y_BTD = parallel.capacity_moe_ep(x_BTD, dispatch_BTEC, combine_BTEC, w, self.activation, axis)
 
         if self.has_shared:
-            ws = {"in": self.shared_in_DF[...].astype(self.dtype), "out": self.shared_out_FD[...].astype(self.dtype)}
-            if self.activation == "swiglu":
-                ws["gate"] = self.shared_gate_DF[...].astype(self.dtype)
+            ws = self._weights(self.shared_in_DF, getattr(self, "shared_gate_DF", None), self.shared_out_FD)
             y_BTD = y_BTD + dsp.shared_ffn(x_BTD, ws, self.activation)
         y_BTD = constrain(y_BTD, (ax.BATCH, ax.LENGTH, ax.EMBED))
         return y_BTD, self._aux(logits_BTE, probs_BTE, expert_BTK, kept)
