@@ -13,17 +13,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from attention.context import ForwardContext
+from nn.context import ForwardContext
 from attention.kv_cache import KVCache
-from attention.linear import linear
+from nn.linear import linear
 from attention.masks import default_positions
 from attention.rope import apply_rope
+from nn.dtypes import dtype_of
 from sharding import axes as ax
 from sharding.axes import constrain
-
-
-def dtype_of(name: str):
-    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
 
 
 def head_dim_of(cfg) -> int:

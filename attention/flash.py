@@ -26,6 +26,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from attention.dense_xla import dense_attention_xla
 from kernels.flash_attention import flash_attention
 from kernels.flash_attention.splash_tpu import splash_attention_tpu
 
@@ -56,7 +57,6 @@ def dense_attention_pallas(
         mask = dict(causal=causal, q_segment_ids_BT=q_segment_ids_BT, kv_segment_ids_BS=kv_segment_ids_BS,
                     kv_lengths_B=kv_lengths_B, window=window, scale=scale)
         if q_positions_BT is not None or kv_positions_BS is not None:
-            from attention.dense import dense_attention_xla  # lazy: dense.py imports this module
             return dense_attention_xla(q_BTNH, k_BSKH, v_BSKH, q_positions_BT=q_positions_BT,
                                        kv_positions_BS=kv_positions_BS, **mask)
         return splash_attention_tpu(q_BTNH, k_BSKH, v_BSKH, **mask)

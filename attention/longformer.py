@@ -50,7 +50,7 @@ from attention.base import MultiHeadAttention, head_dim_of
 from attention import flash
 from attention.flash import resolve_impl, window_attention_pallas
 from attention.kv_cache import KVCache
-from attention.linear import linear
+from nn.linear import linear
 from attention.masks import default_positions
 from attention.registry import register_attention
 from attention.rope import apply_rope

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from attention.base import MultiHeadAttention, head_dim_of
-from attention.context import ForwardContext
+from nn.context import ForwardContext
 from attention.masks import dense_mask_BTS
 from attention.registry import register_attention
 

@@ -37,9 +37,9 @@ import numpy as np
 from flax import nnx
 
 import attention  # noqa: F401  (registers the variants)
-from attention.dense import dense_attention_xla
+from attention.dense_xla import dense_attention_xla
 from attention.registry import get_attention
-from experiments.defaults import base_config
+from experiments.configs.defaults import base_config
 
 TYPES = ("dense", "performer", "longformer")
 

@@ -36,7 +36,7 @@ import time
 import jax
 import numpy as np
 
-import train
+from trainer import loop
 from benchmarks.train_step import config_20m
 from models.flops import param_count
 from trainer import launch
@@ -48,21 +48,21 @@ def _median(xs):
 
 
 def checkpoint_times(cfg, repeats: int, root: str) -> dict[str, float]:
-    s = train.setup(cfg, jax.devices()[:1])
+    s = loop.setup(cfg, jax.devices()[:1])
     with jax.set_mesh(s.mesh):
-        state = train.init_state(s)
-        step_fn = train.jit_train_step(s, s.task.train_batch(0))
-        batch = train.to_global(s.task.train_batch(0), s.batch_shardings)
+        state = loop.init_state(s)
+        step_fn = loop.jit_train_step(s, s.task.train_batch(0))
+        batch = loop.to_global(s.task.train_batch(0), s.batch_shardings)
         state, m = step_fn(state, batch)  # compile
         jax.block_until_ready(m["train/loss"])
         steps = []
         for i in range(3):
             t0 = time.perf_counter()
-            state, m = step_fn(state, train.to_global(s.task.train_batch(i + 1), s.batch_shardings))
+            state, m = step_fn(state, loop.to_global(s.task.train_batch(i + 1), s.batch_shardings))
             jax.block_until_ready(m["train/loss"])
             steps.append(time.perf_counter() - t0)
         nbytes = sum(x.nbytes for x in jax.tree.leaves(state))
-        abstract = train.abstract_state(s)
+        abstract = loop.abstract_state(s)
         times: dict[str, list[float]] = {k: [] for k in ("sync_save", "async_blocking", "async_total", "restore")}
         for r in range(repeats):
             # Interleave the contenders so machine noise hits all alike.
@@ -119,7 +119,7 @@ def _two_processes(args, workdir) -> float:
 
 def multiprocess_slowdown(root: str, steps: int, repeats: int) -> dict[str, float]:
     """Alternates 1-process and 2-process launches; the slowdown of each pair, and their median."""
-    args = lambda wd: ["--config", "experiments/lm_tiny.py", "--workdir", wd,  # noqa: E731
+    args = lambda wd: ["--config", "experiments/configs/lm_tiny.py", "--workdir", wd,  # noqa: E731
                        "--config.mesh.shape.data=2", "--config.mesh.shape.fsdp=4",
                        f"--config.train.num_steps={steps}", "--config.train.log_every=5",
                        "--config.train.eval_every=100000", "--config.train.checkpoint_every=100000",
@@ -158,7 +158,7 @@ def main(argv=None):
     if a.config == "20m":
         cfg = config_20m()
     else:
-        from experiments.defaults import apply_smoke
+        from experiments.configs.defaults import apply_smoke
 
         cfg = apply_smoke(config_20m())
     root = tempfile.mkdtemp(prefix="bench_ckpt_")

@@ -35,11 +35,11 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P  # noqa: E402
 
-import train  # noqa: E402
+from trainer import loop  # noqa: E402
 from benchmarks.baselines import matmul_peak_flops  # noqa: E402
 from clip import loss as closs  # noqa: E402
 from clip.model import l2_normalize  # noqa: E402
-from experiments import clip_shapes  # noqa: E402
+from experiments.configs import clip_shapes  # noqa: E402
 
 
 def vit_s_config(layers: int, text_layers: int, batch: int):
@@ -68,13 +68,13 @@ def median_time(fn, repeats: int) -> float:
 def bench_train_step(cfg, steps: int, repeats: int, peak_fn) -> dict:
     """Each repeat times `steps` train steps and then the matmul peak, so both see the same machine
     load (these machines are shared); MFU is the median over repeats of step FLOP/s / that peak."""
-    s = train.setup(cfg, jax.devices()[:1])
+    s = loop.setup(cfg, jax.devices()[:1])
     B = int(cfg.data.batch_size)
     flops = s.task.train_flops_per_token() * B
     with jax.set_mesh(s.mesh):
-        state = train.init_state(s)
-        batches = [train.to_global(s.task.train_batch(i), s.batch_shardings) for i in range(2)]
-        fn = train.jit_train_step(s, s.task.train_batch(0))
+        state = loop.init_state(s)
+        batches = [loop.to_global(s.task.train_batch(i), s.batch_shardings) for i in range(2)]
+        fn = loop.jit_train_step(s, s.task.train_batch(0))
         state, m = fn(state, batches[0])  # compile
         jax.block_until_ready(m)
         holder = {"state": state}

@@ -34,8 +34,8 @@ import numpy as np
 from flax import nnx
 
 from attention.kv_cache import KVCache
-from experiments.defaults import base_config
-from inference.decode import decode_step
+from experiments.configs.defaults import base_config
+from models.decode import decode_step
 from inference.memory_sim import sample_workload
 from inference.paged_cache import init_pools, paged_caches, pools_of
 from inference.scheduler import Engine, Request

@@ -28,8 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-import models  # noqa: F401  (registers the FFN types)
-from experiments.defaults import base_config
+import moe  # noqa: F401  (registers the "moe" FFN type)
+from experiments.configs.defaults import base_config
 from models.ffn import get_ffn
 from moe.gmm import blocked_gmm
 

@@ -20,9 +20,9 @@ import time
 import jax
 import numpy as np
 
-import train
+from trainer import loop
 from benchmarks.baselines import make_bare_jax_step, make_torch_step, matmul_peak_flops
-from experiments import lm_tiny
+from experiments.configs import lm_tiny
 from models.flops import param_count, train_flops_per_token
 
 
@@ -40,16 +40,16 @@ class Ours:
     name = "ours"
 
     def __init__(self, cfg):
-        self.s = train.setup(cfg, jax.devices()[:1])
+        self.s = loop.setup(cfg, jax.devices()[:1])
         with jax.set_mesh(self.s.mesh):
-            self.state = train.init_state(self.s)
-            self.fn = train.jit_train_step(self.s, self.s.task.train_batch(0))
+            self.state = loop.init_state(self.s)
+            self.fn = loop.jit_train_step(self.s, self.s.task.train_batch(0))
         self.i = 0
 
     def run(self, n):
         with jax.set_mesh(self.s.mesh):
             for _ in range(n):
-                batch = train.to_global(self.s.task.train_batch(self.i), self.s.batch_shardings)
+                batch = loop.to_global(self.s.task.train_batch(self.i), self.s.batch_shardings)
                 self.state, m = self.fn(self.state, batch)
                 self.i += 1
             jax.block_until_ready(m["train/loss"])

@@ -3,7 +3,7 @@ linear projections to a joint width Z, L2 normalisation and a learnable logit sc
 
 Both towers are stacks of the shared `models.block.TransformerBlock`, so any
 attention type in `attention.registry` (and any FFN type) works in either
-tower by config string. Config layout (see experiments/clip_shapes.py):
+tower by config string. Config layout (see experiments/configs/clip_shapes.py):
 `config.model` is the text tower (a full model config, the one train.py
 validates), `config.vision` the image tower (a model config plus
 `image_size`, `patch_size`, `channels`, `pos_emb`, `pooling`), and
@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from attention.base import dtype_of
+from nn.dtypes import dtype_of
 from attention.registry import get_attention
 from models.block import TransformerBlock
 from models.ffn import get_ffn

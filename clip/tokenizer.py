@@ -17,7 +17,7 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-from data.errors import DataError
+from nn.errors import ConfigError, DataError
 
 PAD, BOS, EOS = 256, 257, 258
 VOCAB_SIZE = 259
@@ -64,7 +64,5 @@ def register_tokenizer(name: str, factory: Callable[[int], Tokenizer]) -> None:
 
 def get_tokenizer(name: str, seq_len: int) -> Tokenizer:
     if name not in TOKENIZERS:
-        from models.config import ConfigError
-
         raise ConfigError(f"data.tokenizer={name!r} is not a registered tokenizer; choose one of {sorted(TOKENIZERS)}")
     return TOKENIZERS[name](seq_len)

@@ -27,7 +27,7 @@ import os
 
 import numpy as np
 
-from data.errors import DataError
+from nn.errors import DataError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 log = logging.getLogger("data.image_text")

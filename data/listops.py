@@ -49,7 +49,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data.errors import DataError
+from nn.errors import DataError
 
 PAD, CLS = 0, 1
 DIGIT0 = 2  # id of the digit 0; digit k has id DIGIT0 + k

@@ -24,7 +24,7 @@ import re
 
 import numpy as np
 
-from data.errors import DataError
+from nn.errors import DataError
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring")
 COLOURS = {

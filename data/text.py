@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.errors import DataError
+from nn.errors import DataError
 
 VOCAB_SIZE = 256  # bytes
 _SPLIT_CHUNK = 16384  # bytes per split chunk; every k-th chunk is held out

@@ -11,6 +11,3 @@ memory_sim.py    KV memory allocation simulator (contiguous vs paged) for the fr
 generate.py      command line: sample from a trained checkpoint
 """
 
-
-class InferenceError(ValueError):
-    """Bad inference input (prompt too long, bad pool or block size); the message is one line."""

@@ -15,43 +15,29 @@ Errors in the input print one line `error: ...` and exit with status 2.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 from flax import nnx
 
-from inference import InferenceError
-from inference.decode import check_prompts, generate, pad_prompts
 from inference.paged_cache import blocks_for
-from inference.sampling import SamplingParams
 from inference.scheduler import Engine, Request
+from models.decode import check_prompts, generate, pad_prompts
+from models.sampling import SamplingParams
+from nn.errors import InferenceError, InputError
+from trainer import loop
 
 
 def load_model(workdir: str, step: int | None = None):
     """(model, config) from `workdir`'s checkpoint; InferenceError when there is none."""
-    import train  # the train loop's setup rebuilds shapes and shardings from the stored config
-    from trainer.checkpoint import Checkpointer
-
-    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-        raise InferenceError(f"--workdir={workdir!r} holds no checkpoints/ folder")
-    ckpt = Checkpointer(workdir, keep=1, async_save=False)
     try:
-        step = ckpt.latest_step() if step is None else step
-        if step is None or step not in ckpt.manager.all_steps():
-            raise InferenceError(f"--workdir={workdir!r} has no checkpoint at step {step} "
-                                 f"(available: {sorted(ckpt.manager.all_steps())})")
-        config = ml_collections.ConfigDict(ckpt.read_meta(step)["config"])
-        if config.task != "lm":
-            raise InferenceError(f"the checkpoint in {workdir!r} is a task={config.task!r} run, not a language model")
-        s = train.setup(config, jax.devices()[:1])
-        with jax.set_mesh(s.mesh):
-            state = ckpt.restore(step, train.abstract_state(s))
-        return nnx.merge(s.graphdef, state["params"]), config
-    finally:
-        ckpt.close()
+        model, config, _ = loop.restore_model(workdir, step)
+    except InputError as e:
+        raise InferenceError(str(e)) from None
+    if config.task != "lm":
+        raise InferenceError(f"the checkpoint in {workdir!r} is a task={config.task!r} run, not a language model")
+    return model, config
 
 
 def encode(text: str) -> list[int]:

@@ -12,7 +12,7 @@ Two halves:
   `[num_blocks + 1, block_size, K, H]` plus the block tables and lengths of
   the rows in the batch. It has the interface of the contiguous
   `attention.kv_cache.KVCache` (write / attend / with_lengths), so the
-  model's layers and `inference.decode.generate` run on it unchanged.
+  model's layers and `models.decode.generate` run on it unchanged.
 
 The pool has one extra physical block, index `num_blocks`, that belongs to
 nobody: unused block-table entries point at it, so writes from padding and
@@ -27,7 +27,7 @@ import numpy as np
 
 from attention.dense import DenseAttention
 from attention.masks import default_positions
-from inference import InferenceError
+from nn.errors import InferenceError
 from inference.paged_attention import gather_kv, paged_decode_attention
 
 

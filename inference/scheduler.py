@@ -32,11 +32,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from inference import InferenceError
-from inference.decode import decode_step, prefill
+from nn.errors import InferenceError
+from models.decode import decode_step, prefill
 from inference.paged_attention import PAGED_IMPLS
 from inference.paged_cache import BlockAllocator, PoolExhausted, blocks_for, init_pools, paged_caches, pools_of
-from inference.sampling import SamplingParams, sample_token
+from models.sampling import SamplingParams, sample_token
 
 
 @dataclasses.dataclass

@@ -5,10 +5,8 @@ import ml_collections
 
 from attention.registry import ATTENTION_REGISTRY
 from models.ffn import ACTIVATIONS, FFN_REGISTRY
+from nn.errors import ConfigError
 
-
-class ConfigError(ValueError):
-    """An invalid config field; the message names the field and its value."""
 
 
 def default_model_config() -> ml_collections.ConfigDict:

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from attention.base import dtype_of
+from nn.dtypes import dtype_of
 from models.block import TransformerBlock
 from models.layers import Embed, RMSNorm
 from models.lm import ffn_for_layer

@@ -9,9 +9,9 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from attention.base import dtype_of
-from attention.linear import linear
-from attention.registry import Registry
+from nn.dtypes import dtype_of
+from nn.linear import linear
+from nn.registry import Registry
 from sharding import axes as ax
 from sharding.axes import constrain
 

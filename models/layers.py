@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from attention.linear import linear
+from nn.linear import linear
 from sharding import axes as ax
 
 

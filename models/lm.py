@@ -5,8 +5,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from attention.base import dtype_of
-from attention.linear import linear
+from nn.dtypes import dtype_of
+from nn.linear import linear
 from models.block import TransformerBlock
 from models.layers import Embed, RMSNorm
 from sharding import axes as ax

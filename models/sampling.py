@@ -1,40 +1,56 @@
-"""Autoregressive sampling from a DecoderLM with a KV cache, at fixed shapes.
+"""Choosing the next token from logits: greedy, temperature, top-k and nucleus (top-p).
 
-Prefill runs the (right-padded) prompts in one pass; each step then feeds
-one token per row. Shapes never change, so one compilation serves a whole
-generation.
+All choices are jnp functions of fixed shape, so one compiled decode step
+serves every sampling setting of the same kind (the settings are static).
 """
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 
+from nn.errors import InferenceError
 
-def sample_logits(logits_BV: jax.Array, rng: jax.Array, temperature: float, top_k: int) -> jax.Array:
-    """Greedy when temperature == 0, else softmax(logits / temperature) over the top-k."""
-    if temperature == 0.0:
-        return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
-    logits_BV = logits_BV / temperature
-    if top_k:
-        kth_B1 = jax.lax.top_k(logits_BV, top_k)[0][:, -1:]
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    """temperature 0 = greedy; top_k 0 = off; top_p 1.0 = off."""
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self):
+        if not self.temperature >= 0.0:
+            raise InferenceError(f"temperature={self.temperature!r} must be >= 0")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise InferenceError(f"top_k={self.top_k!r} must be a non-negative integer")
+        if not 0.0 < self.top_p <= 1.0:
+            raise InferenceError(f"top_p={self.top_p!r} must be in (0, 1]")
+
+
+def filter_logits(logits_BV: jax.Array, params: SamplingParams) -> jax.Array:
+    """Temperature-scaled logits with tokens outside the top-k / top-p set at -inf."""
+    logits_BV = logits_BV.astype(jnp.float32) / params.temperature
+    if params.top_k:
+        kth_B1 = jax.lax.top_k(logits_BV, min(params.top_k, logits_BV.shape[-1]))[0][:, -1:]
         logits_BV = jnp.where(logits_BV < kth_B1, -jnp.inf, logits_BV)
-    return jax.random.categorical(rng, logits_BV, axis=-1).astype(jnp.int32)
+    if params.top_p < 1.0:
+        # Nucleus sampling (Holtzman et al. 2020, eq. 3): the smallest set of most
+        # likely tokens whose probability mass reaches p. A token is kept when the
+        # mass strictly before it (in sorted order) is below p, so the top token always is.
+        sorted_BV = jnp.sort(logits_BV, axis=-1)[:, ::-1]
+        probs_BV = jax.nn.softmax(sorted_BV, axis=-1)
+        before_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV
+        kept_B = jnp.sum(before_BV < params.top_p, axis=-1)  # >= 1
+        cutoff_B1 = jnp.take_along_axis(sorted_BV, (kept_B - 1)[:, None], axis=-1)
+        logits_BV = jnp.where(logits_BV < cutoff_B1, -jnp.inf, logits_BV)
+    return logits_BV
 
 
-def generate(model, prompt_BP: jax.Array, prompt_lengths_B: jax.Array, *, max_new_tokens: int,
-             rng: jax.Array, temperature: float = 1.0, top_k: int = 0) -> jax.Array:
-    """Returns the [B, max_new_tokens] continuation of each prompt (call under jit)."""
-    B, P = prompt_BP.shape
-    caches = model.init_caches(B, P + max_new_tokens)
-    logits_BPV, caches, _ = model(prompt_BP, caches=caches)
-    caches = [c.with_lengths(prompt_lengths_B) for c in caches]
-    last_BV = jnp.take_along_axis(logits_BPV, (prompt_lengths_B - 1)[:, None, None], axis=1)[:, 0]
-
-    def step(carry, rng_t):
-        last_BV, caches = carry
-        tok_B = sample_logits(last_BV, rng_t, temperature, top_k)
-        logits_B1V, caches, _ = model(tok_B[:, None], caches=caches)
-        return (logits_B1V[:, 0], caches), tok_B
-
-    _, toks_NB = jax.lax.scan(step, (last_BV, caches), jax.random.split(rng, max_new_tokens))
-    return toks_NB.T
+def sample_token(logits_BV: jax.Array, rng: jax.Array, params: SamplingParams) -> jax.Array:
+    """[B] int32 next tokens."""
+    if params.temperature == 0.0:
+        return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+    return jax.random.categorical(rng, filter_logits(logits_BV, params), axis=-1).astype(jnp.int32)

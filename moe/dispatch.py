@@ -24,7 +24,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from attention.linear import linear
+from nn.linear import linear
 
 
 def capacity(tokens_per_group: int, k: int, num_experts: int, factor: float) -> int:

@@ -1,6 +1,7 @@
 """Dead-expert tracking across steps: a window of per-layer expert loads in the train state.
 
-The per-step health metrics come from the layer (moe/layer.py). "Dead" needs
+The per-step health metrics come from the layer (moe/layer.py), which
+declares this window as its carried statistics (models/variants.py). "Dead" needs
 history: an expert is dead when it received less than 1/(10 E) of the
 token-routes on average over the last `model.moe.dead_window` steps. The
 window is a ring buffer [layers, N, E] carried in the train state (so a
@@ -11,10 +12,10 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from models.lm import ffn_for_layer
+
 
 def moe_layer_indices(model_cfg) -> list[int]:
-    from models.lm import ffn_for_layer  # noqa: PLC0415 (models imports moe)
-
     return [i for i in range(int(model_cfg.n_layers)) if ffn_for_layer(model_cfg, i) == "moe"]
 
 

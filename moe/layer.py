@@ -21,9 +21,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from attention.base import dtype_of
+from nn.dtypes import dtype_of
 from moe import dispatch as dsp
-from moe import losses, parallel, router
+from moe import health, losses, parallel, router
 from moe.gmm import blocked_gmm
 from models.ffn import register_ffn
 from sharding import axes as ax
@@ -139,6 +139,22 @@ class MoEFFN(nnx.Module):
     @staticmethod
     def validate_config(cfg) -> None:
         validate_moe_config(cfg)
+
+    @staticmethod
+    def validate_mesh(cfg, mesh_shape: dict) -> None:
+        ep = mesh_shape.get("expert", 1)
+        if cfg.moe.num_experts % ep:
+            raise ValueError(f"model.moe.num_experts={cfg.moe.num_experts} is not divisible by the expert mesh "
+                             f"axis size {ep} (mesh.shape.expert)")
+
+    # --- statistics carried in the train state (models/variants.py) ----------
+    @staticmethod
+    def init_stats(cfg) -> dict:
+        return health.init_load_history(cfg)
+
+    @staticmethod
+    def update_stats(stats: dict, metrics, cfg) -> tuple[dict, dict]:
+        return health.update_load_history(stats, metrics, cfg)
 
     # --- forward --------------------------------------------------------------
     def _weights(self, w_in, w_gate, w_out) -> dict:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import jax
 from jax.sharding import PartitionSpec as P
@@ -68,7 +68,20 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     rules = current_rules()
     if rules is None:
         return x
-    from sharding.rules import logical_to_spec  # local: rules imports this module
-
     spec: P = logical_to_spec(names, rules)
     return jax.lax.with_sharding_constraint(x, spec)
+
+
+def logical_to_spec(names: Sequence[str | None] | None, rules: Mapping[str, Any]) -> P:
+    """Maps logical axis names to a PartitionSpec; a mesh axis is used at most once."""
+    if names is None:
+        return P()
+    used: set[str] = set()
+    parts = []
+    for name in names:
+        target = rules.get(name) if name is not None else None
+        targets = () if target is None else ((target,) if isinstance(target, str) else tuple(target))
+        targets = tuple(t for t in targets if t not in used)
+        used.update(targets)
+        parts.append(None if not targets else (targets[0] if len(targets) == 1 else targets))
+    return P(*parts)

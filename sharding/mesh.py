@@ -6,12 +6,10 @@ from typing import Mapping, Sequence
 
 import jax
 from jax.sharding import AxisType, Mesh
+from nn.errors import MeshError
 
 MESH_AXES = ("data", "fsdp", "tensor", "expert")
 
-
-class MeshError(ValueError):
-    """The configured mesh cannot be laid over the available devices."""
 
 
 def mesh_shape_from_config(shape: Mapping[str, int], num_devices: int) -> dict[str, int]:

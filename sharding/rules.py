@@ -14,12 +14,14 @@ are dropped, so one preset serves every mesh shape.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import jax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
 
+from nn.errors import ConfigError
 from sharding import axes as ax
+from sharding.axes import logical_to_spec
 
 # The expert axis doubles as a data axis outside the MoE layers (as in MaxText).
 _BATCH_AXES = ("data", "fsdp", "expert")
@@ -41,9 +43,7 @@ RULE_PRESETS: dict[str, dict[str, Any]] = {
 def rules_from_config(preset: str, mesh: Mesh | None = None) -> dict[str, Any]:
     """The preset's table, restricted to axes of size > 1 in `mesh`."""
     if preset not in RULE_PRESETS:
-        raise ValueError(
-            f"sharding.rules={preset!r} is not a known preset; choose one of {sorted(RULE_PRESETS)}"
-        )
+        raise ConfigError(f"mesh.rules={preset!r} is not a known preset; choose one of {sorted(RULE_PRESETS)}")
     table = RULE_PRESETS[preset]
     if mesh is None:
         return dict(table)
@@ -55,21 +55,6 @@ def rules_from_config(preset: str, mesh: Mesh | None = None) -> dict[str, Any]:
         if kept:
             out[logical] = kept[0] if len(kept) == 1 else kept
     return out
-
-
-def logical_to_spec(names: Sequence[str | None] | None, rules: Mapping[str, Any]) -> P:
-    """Maps logical axis names to a PartitionSpec; a mesh axis is used at most once."""
-    if names is None:
-        return P()
-    used: set[str] = set()
-    parts = []
-    for name in names:
-        target = rules.get(name) if name is not None else None
-        targets = () if target is None else ((target,) if isinstance(target, str) else tuple(target))
-        targets = tuple(t for t in targets if t not in used)
-        used.update(targets)
-        parts.append(None if not targets else (targets[0] if len(targets) == 1 else targets))
-    return P(*parts)
 
 
 def logical_axes_of(variables: Any) -> Any:

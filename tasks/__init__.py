@@ -1,4 +1,10 @@
-"""Tasks by config string (`config.task`)."""
+"""Tasks by config string (`config.task`).
+
+This floor imports every built-in layer plug-in from the floors below that
+`models/` cannot import itself: `moe` registers `model.ffn = "moe"`.
+"""
+import moe  # noqa: F401  (plug-in: registers the "moe" FFN type)
+from nn.errors import ConfigError
 from tasks.base import Task
 from tasks.classify import ListOpsTask
 from tasks.clip import CLIPTask
@@ -9,8 +15,6 @@ TASKS: dict[str, type[Task]] = {"lm": LMTask, "listops": ListOpsTask, "clip": CL
 
 def get_task(name: str) -> type[Task]:
     if name not in TASKS:
-        from models.config import ConfigError
-
         raise ConfigError(f"task={name!r} is not a known task; choose one of {sorted(TASKS)}")
     return TASKS[name]
 

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from moe import health as moe_health
+from models import variants
 
 
 class Task:
@@ -88,14 +88,14 @@ class Task:
     def init_stats(self) -> dict:
         """Arrays the train state carries from step to step for metrics that need history.
 
-        Default: the MoE expert-load window behind the dead-expert count
-        (empty when the model has no MoE layer).
+        Default: whatever the model's layer variants declare (models/variants.py;
+        e.g. the MoE expert-load window), empty when none does.
         """
-        return moe_health.init_load_history(self.config.model)
+        return variants.init_stats(self.config.model)
 
     def update_stats(self, stats: dict, metrics: Mapping[str, jax.Array]) -> tuple[dict, dict]:
         """(new stats, extra metrics), inside the jitted step, from this step's metrics."""
-        return moe_health.update_load_history(stats, metrics, self.config.model)
+        return variants.update_stats(stats, metrics, self.config.model)
 
 
 def collect_aux(aux_per_layer: list[dict]) -> tuple[jax.Array, dict[str, jax.Array]]:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from data import listops
-from data.errors import DataError
-from models.config import ConfigError
+from nn.errors import DataError
+from nn.errors import ConfigError
 from models.encoder import POOLINGS, EncoderClassifier
 from sharding import axes as ax
 from tasks.base import Task, aux_eval_metrics, aux_eval_sums, collect_aux, cross_entropy

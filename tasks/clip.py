@@ -32,8 +32,9 @@ from clip.model import (IMAGE_POOLINGS, LOSSES, POS_EMBS, TEXT_POOLINGS, CLIPMod
                         clip_param_count, clip_train_flops_per_example, default_logit_init)
 from clip.tokenizer import get_tokenizer
 from data import image_text, shapes
-from data.errors import DataError
-from models.config import ConfigError, validate_model_config
+from nn.errors import DataError
+from models.config import validate_model_config
+from nn.errors import ConfigError
 from sharding import axes as ax
 from sharding.axes import current_rules
 from tasks.base import Task, collect_aux

@@ -11,7 +11,8 @@ from flax import nnx
 
 from data.text import ByteCorpus, lm_eval_batches, lm_train_batch
 from models.lm import DecoderLM
-from models.sampling import generate
+from models.decode import generate
+from models.sampling import SamplingParams
 from sharding import axes as ax
 from tasks.base import Task, aux_eval_metrics, aux_eval_sums, collect_aux, cross_entropy
 
@@ -83,10 +84,11 @@ class LMTask(Task):
                 m = nnx.merge(graphdef, params)
                 return generate(m, prompt_BP, jnp.full((1,), prompt_BP.shape[1], jnp.int32),
                                 max_new_tokens=int(s.num_tokens), rng=rng,
-                                temperature=float(s.temperature), top_k=int(s.top_k))
+                                sampling=SamplingParams(temperature=float(s.temperature), top_k=int(s.top_k)))
             self._sampler = jax.jit(run, static_argnums=0)
         graphdef, params = nnx.split(model)
         rng = jax.random.fold_in(jax.random.key(int(self.config.seed)), step)
-        toks = np.asarray(jax.device_get(self._sampler(graphdef, params, jnp.asarray(prompt), rng)))[0]
+        out = jax.device_get(self._sampler(graphdef, params, jnp.asarray(prompt), rng))
+        toks = np.asarray(out["tokens_BN"])[0, : int(out["num_tokens_B"][0])]
         text = bytes(toks.astype(np.uint8)).decode("utf-8", errors="replace")
         return {"sample": s.prompt + text}

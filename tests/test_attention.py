@@ -8,7 +8,7 @@ from flax import nnx
 from attention.dense import DenseAttention, dense_attention
 from attention.reference import reference_attention
 from attention.rope import apply_rope
-from experiments.defaults import base_config
+from experiments.configs.defaults import base_config
 
 TOL = {jnp.float32: dict(atol=2e-5, rtol=2e-5), jnp.bfloat16: dict(atol=3e-2, rtol=3e-2)}
 

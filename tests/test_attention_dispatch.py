@@ -8,9 +8,10 @@ from flax import nnx
 from attention.dense import DENSE_IMPLS, dense_attention
 from attention.flash import resolve_impl
 from attention.longformer import GlobalInputs, global_indices, longformer_attention
-from experiments.defaults import base_config
+from experiments.configs.defaults import base_config
 from models import DecoderLM, EncoderClassifier
-from models.config import ConfigError, validate_model_config
+from models.config import validate_model_config
+from nn.errors import ConfigError
 
 
 def model_cfg(**kw):

@@ -16,7 +16,7 @@ def test_bare_jax_baseline_trains():
 
 def test_train_step_benchmark_runs_on_smoke_sizes(capsys, monkeypatch):
     from benchmarks import train_step
-    from experiments.defaults import apply_smoke
+    from experiments.configs.defaults import apply_smoke
 
     monkeypatch.setitem(train_step.CONFIGS, "smoke", lambda: apply_smoke(train_step.lm_tiny.get_config()))
     monkeypatch.setattr(train_step, "matmul_peak_flops", lambda: 1e10)

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from data import image_text, shapes
-from data.errors import DataError
+from nn.errors import DataError
 
 
 def test_shapes_are_deterministic_and_never_show_held_out_combinations_in_training():

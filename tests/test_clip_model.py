@@ -10,8 +10,8 @@ from flax import nnx
 from clip import zeroshot
 from clip.model import CLIPModel, clamp_logit_scale, clip_param_count, patchify, sincos_2d
 from clip.tokenizer import BOS, EOS, PAD, ByteTokenizer, get_tokenizer, register_tokenizer
-from data.errors import DataError
-from experiments import clip_shapes
+from nn.errors import DataError
+from experiments.configs import clip_shapes
 
 
 def smoke(**over):

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import train
-from data.errors import DataError
-from experiments import clip_shapes
-from models.config import ConfigError
+from trainer import loop
+from nn.errors import DataError
+from experiments.configs import clip_shapes
+from nn.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,7 +32,7 @@ def smoke(**over):
 
 
 def test_smoke_config_trains_and_logs_clip_metrics(tmp_path, devices):
-    summary = train.train_and_evaluate(smoke(), str(tmp_path), devices[:1])
+    summary = loop.train_and_evaluate(smoke(), str(tmp_path), devices[:1])
     final = summary["final"]
     for k in ("eval/loss", "eval/i2t_recall_at_1", "eval/t2i_recall_at_10", "eval/zeroshot_shape_heldout_top1_accuracy",
               "eval/zeroshot_object_seen_top5_accuracy", "eval/zeroshot_shape_heldout_error",
@@ -56,7 +56,7 @@ def test_eight_devices_with_the_sharded_loss_match_one_device(tmp_path, devices)
     def losses(n, shape, workdir):
         c = smoke(**{ "train.num_steps": 3, "train.eval_every": 3, "train.log_every": 1})
         c.mesh.shape.update(shape)
-        train.train_and_evaluate(c, str(workdir), devices[:n])
+        loop.train_and_evaluate(c, str(workdir), devices[:n])
         with open(workdir / "metrics.jsonl") as f:
             return [json.loads(line)["train/loss"] for line in f if "train/loss" in line]
 
@@ -66,13 +66,13 @@ def test_eight_devices_with_the_sharded_loss_match_one_device(tmp_path, devices)
 
 
 def test_post_update_hook_clamps_the_logit_scale_inside_train_step(devices):
-    s = train.setup(smoke(), devices[:1])
+    s = loop.setup(smoke(), devices[:1])
     with jax.set_mesh(s.mesh):
-        state = train.init_state(s)
+        state = loop.init_state(s)
         state["params"]["logit_scale"] = jnp.float32(math.log(1000.0))
         b = s.task.train_batch(0)
-        step = train.jit_train_step(s, b)
-        state, _ = step(state, train.to_global(b, s.batch_shardings))
+        step = loop.jit_train_step(s, b)
+        state, _ = step(state, loop.to_global(b, s.batch_shardings))
     assert float(state["params"]["logit_scale"]) <= math.log(100.0) + 1e-6
 
 
@@ -90,7 +90,7 @@ def test_real_image_caption_folder_trains_and_reports_skipped_images(tmp_path, d
     (data / "99.png").write_bytes(b"corrupt")
     (data / "99.txt").write_text("broken image")
     c = smoke(**{"data.path": str(data), "data.eval_batch_size": 8, "data.val_fraction": 0.25})
-    summary = train.train_and_evaluate(c, str(tmp_path / "run"), devices[:1])
+    summary = loop.train_and_evaluate(c, str(tmp_path / "run"), devices[:1])
     assert "eval/i2t_recall_at_1" in summary["final"] and "eval/zeroshot_shape_heldout_top1_accuracy" not in summary["final"]
     with open(tmp_path / "run" / "metrics.jsonl") as f:
         skipped = [json.loads(line)["eval/data_skipped_images"] for line in f if "eval/data_skipped_images" in line]
@@ -111,7 +111,7 @@ def test_real_image_caption_folder_trains_and_reports_skipped_images(tmp_path, d
 ])
 def test_bad_config_is_a_one_line_error_naming_the_field(devices, over, error, match):
     with pytest.raises(error, match=match) as e:
-        train.setup(smoke(**over), devices[:1])
+        loop.setup(smoke(**over), devices[:1])
     assert "\n" not in str(e.value)
 
 
@@ -119,11 +119,11 @@ def test_empty_caption_in_a_data_file_is_a_one_line_error(tmp_path, devices):
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "x.png")
     (tmp_path / "pairs.jsonl").write_text('{"image": "x.png", "caption": " "}\n')
     with pytest.raises(DataError, match=r"pairs.jsonl line 1: empty caption"):
-        train.setup(smoke(**{"data.path": str(tmp_path / "pairs.jsonl")}), devices[:1])
+        loop.setup(smoke(**{"data.path": str(tmp_path / "pairs.jsonl")}), devices[:1])
 
 
 def test_cli_reports_bad_input_in_one_line_with_exit_status_2(tmp_path):
-    out = subprocess.run([sys.executable, "train.py", "--config", "experiments/clip_shapes.py:smoke",
+    out = subprocess.run([sys.executable, "train.py", "--config", "experiments/configs/clip_shapes.py:smoke",
                           "--workdir", str(tmp_path), "--config.vision.patch_size=5"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
@@ -141,7 +141,7 @@ def test_clip_benchmark_runs_on_smoke_sizes(capsys):
 @pytest.mark.slow
 def test_batch_size_smoke_study_writes_report_and_tables(tmp_path):
     from experiments.studies import clip_batch_size
-    from experiments.results import load_results
+    from experiments.study.results import load_results
     from experiments.study import load_study, run_study
 
     study = load_study("experiments/studies/clip_batch_size.py:smoke")

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from data.errors import DataError
+from nn.errors import DataError
 from data.text import ByteCorpus, lm_eval_batches, lm_train_batch, load_text_bytes, pydoc_corpus_bytes
 
 

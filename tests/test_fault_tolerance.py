@@ -11,8 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-import train
-from experiments.defaults import apply_smoke, base_config
+from trainer import loop
+from experiments.configs.defaults import apply_smoke, base_config
 from trainer.checkpoint import Checkpointer
 from trainer.nan_guard import NonFiniteError
 
@@ -52,7 +52,7 @@ def mesh_cfg(shape, rules, **kw):
 def fsdp_checkpoint(tmp_path_factory, devices):
     """3 steps on 8 devices, data=2 x fsdp=4: parameters and Adam moments sharded over fsdp."""
     wd = tmp_path_factory.mktemp("fsdp_saved")
-    train.train_and_evaluate(mesh_cfg({"data": 2, "fsdp": 4}, "fsdp", stop_at=3), str(wd), devices)
+    loop.train_and_evaluate(mesh_cfg({"data": 2, "fsdp": 4}, "fsdp", stop_at=3), str(wd), devices)
     return wd
 
 
@@ -66,7 +66,7 @@ def test_fsdp_checkpoint_continues_on_4_device_dp_and_on_1_device(fsdp_checkpoin
     for name, (shape, rules, devs) in runs.items():
         wd = tmp_path / name
         shutil.copytree(fsdp_checkpoint, wd)
-        out[name] = train.train_and_evaluate(mesh_cfg(shape, rules), str(wd), devs)  # no flag needed
+        out[name] = loop.train_and_evaluate(mesh_cfg(shape, rules), str(wd), devs)  # no flag needed
         assert sorted(losses(wd)) == [1, 2, 3, 4, 5, 6]
     ref = losses(tmp_path / "same_mesh")
     for name in ("dp4", "one_device"):
@@ -76,12 +76,12 @@ def test_fsdp_checkpoint_continues_on_4_device_dp_and_on_1_device(fsdp_checkpoin
 
 
 def test_restored_arrays_take_the_new_mesh_sharding(fsdp_checkpoint, devices):
-    s = train.setup(mesh_cfg({"data": 4}, "dp"), devices[:4])
+    s = loop.setup(mesh_cfg({"data": 4}, "dp"), devices[:4])
     ckpt = Checkpointer(str(fsdp_checkpoint), keep=2)
     try:
         assert ckpt.latest_step() == 3
         with jax.set_mesh(s.mesh):
-            state = ckpt.restore(3, train.abstract_state(s))
+            state = ckpt.restore(3, loop.abstract_state(s))
     finally:
         ckpt.close()
     w = state["params"]["blocks"][0]["ffn"]["wi_DF"]
@@ -100,18 +100,18 @@ def test_nan_policy_raise_names_step_and_group_and_keeps_last_good_checkpoint(tm
     c = smoke_cfg(debug_nan_step=5, debug_nan_param=BAD)  # checkpoints at 3 and 6
     with pytest.raises(NonFiniteError, match=rf"non-finite gradient at step 5, first in parameter group {BAD}; "
                                              r"stopped with the last good checkpoint at step 3"):
-        train.train_and_evaluate(c, str(tmp_path), devices[:1])
+        loop.train_and_evaluate(c, str(tmp_path), devices[:1])
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3"]
     # A rerun with the fault gone resumes from the good checkpoint.
-    summary = train.train_and_evaluate(smoke_cfg(), str(tmp_path), devices[:1])
+    summary = loop.train_and_evaluate(smoke_cfg(), str(tmp_path), devices[:1])
     assert summary["steps"] == 6 and np.isfinite(summary["final"]["eval/loss"])
 
 
 def test_nan_policy_skip_drops_the_update_and_counts_it_across_a_resume(tmp_path, devices):
     c = smoke_cfg(nan_policy="skip", debug_nan_step=2, log_every=1, stop_at=4)
-    train.train_and_evaluate(c, str(tmp_path), devices[:1])
+    loop.train_and_evaluate(c, str(tmp_path), devices[:1])
     c.train.stop_at = 0
-    summary = train.train_and_evaluate(c, str(tmp_path), devices[:1])
+    summary = loop.train_and_evaluate(c, str(tmp_path), devices[:1])
     skipped = {r["step"]: r["train/skipped_steps"] for r in records(tmp_path) if "train/skipped_steps" in r}
     assert skipped == {1: 0, 2: 1, 3: 1, 4: 1, 5: 1, 6: 1}  # step 5, 6: after the resume, from the meta
     assert np.isfinite(summary["final"]["eval/loss"])
@@ -119,28 +119,28 @@ def test_nan_policy_skip_drops_the_update_and_counts_it_across_a_resume(tmp_path
 
 def test_skipped_step_leaves_parameters_and_optimizer_state_unchanged(devices):
     c = smoke_cfg(nan_policy="skip", debug_nan_step=2)
-    s = train.setup(c, devices[:1])
+    s = loop.setup(c, devices[:1])
     with jax.set_mesh(s.mesh):
-        state = train.init_state(s)
-        step_fn = train.jit_train_step(s, s.task.train_batch(0))
-        state, m1 = step_fn(state, train.to_global(s.task.train_batch(0), s.batch_shardings))
+        state = loop.init_state(s)
+        step_fn = loop.jit_train_step(s, s.task.train_batch(0))
+        state, m1 = step_fn(state, loop.to_global(s.task.train_batch(0), s.batch_shardings))
         before = jax.device_get({"params": state["params"], "opt_state": state["opt_state"]})
-        state, m2 = step_fn(state, train.to_global(s.task.train_batch(1), s.batch_shardings))
+        state, m2 = step_fn(state, loop.to_global(s.task.train_batch(1), s.batch_shardings))
         after = jax.device_get({"params": state["params"], "opt_state": state["opt_state"]})
     assert not bool(m1["nan_guard/nonfinite"]) and bool(m2["nan_guard/nonfinite"]) and int(state["step"]) == 2
-    names = train.nan_guard.leaf_names(s.abstract_params)
+    names = loop.nan_guard.leaf_names(s.abstract_params)
     assert names[int(m2["nan_guard/first_bad_leaf"])] == names[0]  # "" = the first group
     for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
         np.testing.assert_array_equal(a, b)
 
 
 def test_nan_policy_and_injection_are_checked(devices):
-    from models.config import ConfigError
+    from nn.errors import ConfigError
 
     with pytest.raises(ConfigError, match="train.nan_policy='ignore' must be one of"):
-        train.setup(smoke_cfg(nan_policy="ignore"), devices[:1])
+        loop.setup(smoke_cfg(nan_policy="ignore"), devices[:1])
     with pytest.raises(ConfigError, match="train.debug_nan_param='nope' is not a parameter"):
-        train.setup(smoke_cfg(debug_nan_step=1, debug_nan_param="nope"), devices[:1])
+        loop.setup(smoke_cfg(debug_nan_step=1, debug_nan_param="nope"), devices[:1])
 
 
 # --------------------------------------------------------------------------
@@ -148,7 +148,7 @@ def test_nan_policy_and_injection_are_checked(devices):
 # --------------------------------------------------------------------------
 
 def _cmd(workdir, *flags):
-    return [sys.executable, "train.py", "--config", "experiments/lm_tiny.py:smoke", "--workdir", str(workdir),
+    return [sys.executable, "train.py", "--config", "experiments/configs/lm_tiny.py:smoke", "--workdir", str(workdir),
             "--config.train.log_every=1", "--config.train.tensorboard=False", "--config.sample.num_tokens=0", *flags]
 
 

@@ -6,11 +6,11 @@ from inference import generate as cli
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory, devices):
-    import train
-    from experiments.lm_tiny import get_config
+    from trainer import loop
+    from experiments.configs.lm_tiny import get_config
 
     workdir = tmp_path_factory.mktemp("smoke_run")
-    train.train_and_evaluate(get_config("smoke"), str(workdir), devices[:1])
+    loop.train_and_evaluate(get_config("smoke"), str(workdir), devices[:1])
     return str(workdir)
 
 

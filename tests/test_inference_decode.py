@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from inference import InferenceError
-from inference.decode import PAD_TOKEN, check_prompts, generate, pad_prompts
-from inference.sampling import SamplingParams, filter_logits, sample_token
+from nn.errors import InferenceError
+from models.decode import PAD_TOKEN, check_prompts, generate, pad_prompts
+from models.sampling import SamplingParams, filter_logits, sample_token
 from models.config import default_model_config
 from models.lm import DecoderLM
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from attention.dense import dense_attention_xla
+from attention.dense_xla import dense_attention_xla
 from attention.kv_cache import KVCache
-from inference import InferenceError
-from inference.decode import generate, pad_prompts
+from nn.errors import InferenceError
+from models.decode import generate, pad_prompts
 from inference.paged_attention import gather_kv, paged_decode_attention_blocked, paged_decode_attention_ref
 from inference.paged_cache import BlockAllocator, PagedKVCache, PoolExhausted
 from inference.scheduler import Engine, Request

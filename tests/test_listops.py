@@ -3,11 +3,11 @@ import numpy as np
 import pytest
 
 import tasks
-import train
+from trainer import loop
 from data import listops
-from data.errors import DataError
-from experiments.listops import get_config
-from models.config import ConfigError
+from nn.errors import DataError
+from experiments.configs.listops import get_config
+from nn.errors import ConfigError
 from tasks.classify import ListOpsTask
 
 tasks.TASKS.setdefault("listops", ListOpsTask)
@@ -125,7 +125,7 @@ def test_eval_covers_validation_once_with_zero_weight_padding():
 
 
 def test_smoke_training_run(tmp_path, devices):
-    summary = train.train_and_evaluate(get_config("smoke"), str(tmp_path), devices[:1])
+    summary = loop.train_and_evaluate(get_config("smoke"), str(tmp_path), devices[:1])
     final = summary["final"]
     assert np.isfinite(final["eval/loss"])
     assert 0.0 <= final["eval/accuracy"] <= 1.0
@@ -146,7 +146,7 @@ def test_bad_config_names_the_field(update, exc, needle, devices):
     for section, fields in update.items():
         c[section].update(fields)
     with pytest.raises(exc, match=needle.replace(".", r"\.")) as info:
-        train.setup(c, devices[:1])
+        loop.setup(c, devices[:1])
     assert "\n" not in str(info.value)
 
 

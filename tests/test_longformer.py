@@ -13,9 +13,10 @@ from attention.kv_cache import KVCache
 from attention.longformer import (GlobalInputs, LongformerAttention, global_indices, longformer_attention)
 from attention.reference import reference_attention
 from attention.rope import apply_rope
-from experiments.defaults import base_config
+from experiments.configs.defaults import base_config
 from models import DecoderLM, EncoderClassifier, param_count
-from models.config import ConfigError, validate_model_config
+from models.config import validate_model_config
+from nn.errors import ConfigError
 
 TOL = {jnp.float32: dict(atol=2e-5, rtol=2e-5), jnp.bfloat16: dict(atol=3e-2, rtol=3e-2)}
 
@@ -304,13 +305,13 @@ def test_cached_decoding_matches_full_forward(n_kv_heads, num_global, prefill):
 
 @pytest.mark.slow
 def test_generate_with_padded_prompts_matches_unpadded():
-    from models.sampling import generate
+    from models.decode import generate
     model = DecoderLM(layer_cfg(window=4, dilation=(1, 2, 1, 2), num_global=4, n_layers=2, d_ff=64), rngs=nnx.Rngs(0))
     prompts = jax.random.randint(jax.random.key(1), (2, 6), 0, 256)
     lengths = jnp.array([6, 3])  # row 1's first decoded tokens are still global positions
-    run = jax.jit(functools.partial(generate, max_new_tokens=5, temperature=0.0))
-    batch_out = run(model, prompts.at[1, 3:].set(0), lengths, rng=jax.random.key(0))
-    alone = run(model, prompts[1:, :3], lengths[1:], rng=jax.random.key(0))
+    run = jax.jit(functools.partial(generate, max_new_tokens=5))  # greedy (default SamplingParams)
+    batch_out = run(model, prompts.at[1, 3:].set(0), lengths, rng=jax.random.key(0))["tokens_BN"]
+    alone = run(model, prompts[1:, :3], lengths[1:], rng=jax.random.key(0))["tokens_BN"]
     np.testing.assert_array_equal(batch_out[1], alone[0])
 
 

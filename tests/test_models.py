@@ -8,10 +8,11 @@ import optax
 import pytest
 from flax import nnx
 
-from experiments.defaults import base_config
+from experiments.configs.defaults import base_config
 from models import DecoderLM, EncoderClassifier, param_count, train_flops_per_token
-from models.config import ConfigError, validate_model_config
-from models.sampling import generate
+from models.config import validate_model_config
+from nn.errors import ConfigError
+from models.decode import generate
 
 
 def model_cfg(**kw):
@@ -87,9 +88,9 @@ def test_generate_with_padded_prompts_matches_unpadded():
     prompts = jax.random.randint(jax.random.key(1), (2, 6), 0, 256)
     lengths = jnp.array([6, 3])
     padded = prompts.at[1, 3:].set(0)
-    run = jax.jit(functools.partial(generate, max_new_tokens=5, temperature=0.0))
-    batch_out = run(model, padded, lengths, rng=jax.random.key(0))
-    alone = run(model, prompts[1:, :3], lengths[1:], rng=jax.random.key(0))
+    run = jax.jit(functools.partial(generate, max_new_tokens=5))  # greedy (default SamplingParams)
+    batch_out = run(model, padded, lengths, rng=jax.random.key(0))["tokens_BN"]
+    alone = run(model, prompts[1:, :3], lengths[1:], rng=jax.random.key(0))["tokens_BN"]
     np.testing.assert_array_equal(batch_out[1], alone[0])
 
 

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-import train
-from attention.context import ForwardContext
-from experiments.defaults import apply_smoke, base_config
-from models.config import ConfigError, validate_model_config
+from trainer import loop
+from nn.context import ForwardContext
+from experiments.configs.defaults import apply_smoke, base_config
+from models.config import validate_model_config
+from nn.errors import ConfigError
 from models.flops import param_count
 from models.lm import DecoderLM
 from moe import dispatch as dsp
@@ -339,7 +340,7 @@ def test_experts_not_divisible_by_expert_axis(devices):
     c.model.moe.num_experts = 6
     c.mesh.shape.update(data=2, expert=4)
     with pytest.raises(ConfigError, match="model.moe.num_experts=6 is not divisible by the expert mesh axis size 4"):
-        train.setup(c, devices)
+        loop.setup(c, devices)
 
 
 # --------------------------------------------------------------------------- studies and benchmark
@@ -360,7 +361,7 @@ def test_moe_vs_dense_study_matches_flops_and_params(tmp_path):
 
 @pytest.mark.slow
 def test_collapse_smoke_study_reports_every_metric(tmp_path):
-    from experiments.results import load_results
+    from experiments.study.results import load_results
     from experiments.study import load_study, run_study
 
     run_study(load_study("experiments/studies/moe_collapse.py:smoke"), tmp_path, log=lambda *_: None)

@@ -12,11 +12,11 @@ import sys
 import numpy as np
 import pytest
 
-import train
-from experiments import lm_tiny
+from trainer import loop
+from experiments.configs import lm_tiny
 from trainer import launch
 from trainer.distributed import DistributedArgs, distributed_args
-from models.config import ConfigError
+from nn.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVERRIDES = {"mesh.shape.data": 2, "mesh.shape.fsdp": 4, "train.num_steps": 10, "train.log_every": 1,
@@ -25,7 +25,7 @@ OVERRIDES = {"mesh.shape.data": 2, "mesh.shape.fsdp": 4, "train.num_steps": 10, 
 
 def cli_args(workdir, **extra):
     flags = {**OVERRIDES, **extra}
-    return ["--config", "experiments/lm_tiny.py:smoke", "--workdir", str(workdir),
+    return ["--config", "experiments/configs/lm_tiny.py:smoke", "--workdir", str(workdir),
             *(f"--config.{k}={v}" for k, v in flags.items())]
 
 
@@ -64,7 +64,7 @@ def test_two_processes_train_resume_and_match_one_process(tmp_path, devices):
             node = node[r]
         node[rest[-1]] = v
     ref = tmp_path / "one_process"
-    train.train_and_evaluate(cfg, str(ref), devices)
+    loop.train_and_evaluate(cfg, str(ref), devices)
 
     # Only process 0 wrote metrics: every step exactly once, across both launches.
     assert [s for s, _ in curve(mp, "train/loss")] == list(range(1, 11))

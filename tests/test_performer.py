@@ -6,13 +6,14 @@ import pytest
 from flax import nnx
 
 import attention.performer  # noqa: F401  (registers "performer" before any model is built)
-from attention.context import ForwardContext
+from nn.context import ForwardContext
 from attention.performer import (PerformerAttention, feature_key, performer_attention, performer_attention_naive,
                                  random_features_MH)
 from attention.reference import reference_attention
-from experiments.defaults import base_config
+from experiments.configs.defaults import base_config
 from models import DecoderLM
-from models.config import ConfigError, validate_model_config
+from models.config import validate_model_config
+from nn.errors import ConfigError
 
 TOL = {jnp.float32: dict(atol=1e-5, rtol=1e-5), jnp.bfloat16: dict(atol=2e-2, rtol=2e-2)}
 

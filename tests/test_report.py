@@ -1,4 +1,4 @@
-"""experiments.results I/O, experiments.report (API + CLI) and the analysis notebook."""
+"""experiments.study.results I/O, experiments.study.report (API + CLI) and the analysis notebook."""
 
 import json
 import math
@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments import report, stats
-from experiments.results import append_result, load_results
+from experiments.study import report, stats
+from experiments.study.results import append_result, load_results
 
 REPO = Path(__file__).resolve().parents[1]
 SEED_EFFECT = [0.02, -0.01, 0.015, -0.02, 0.0, 0.01]  # shared across points: same data order per seed
@@ -292,7 +292,7 @@ def test_write_report_errors(tmp_path, kwargs, exc, pattern):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "experiments.report", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "experiments.study.report", *map(str, args)],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
 
 

@@ -5,10 +5,12 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-import train
-from experiments.defaults import apply_smoke, base_config
-from sharding.mesh import MeshError, make_mesh, mesh_shape_from_config
-from sharding.rules import logical_to_spec, rules_from_config
+from trainer import loop
+from experiments.configs.defaults import apply_smoke, base_config
+from nn.errors import MeshError
+from sharding.mesh import make_mesh, mesh_shape_from_config
+from sharding.axes import logical_to_spec
+from sharding.rules import rules_from_config
 
 
 def cfg_for(shape, rules):
@@ -22,13 +24,13 @@ def cfg_for(shape, rules):
 
 
 def first_losses(cfg, devices, n=3):
-    s = train.setup(cfg, devices)
+    s = loop.setup(cfg, devices)
     with jax.set_mesh(s.mesh):
-        state = train.init_state(s)
-        step_fn = train.jit_train_step(s, s.task.train_batch(0))
+        state = loop.init_state(s)
+        step_fn = loop.jit_train_step(s, s.task.train_batch(0))
         losses = []
         for i in range(n):
-            state, m = step_fn(state, train.to_global(s.task.train_batch(i), s.batch_shardings))
+            state, m = step_fn(state, loop.to_global(s.task.train_batch(i), s.batch_shardings))
             losses.append(float(m["train/loss"]))
     return s, state, losses
 
@@ -98,4 +100,4 @@ def test_indivisible_parameter_is_reported_before_compiling(devices):
     c = cfg_for({"data": 2, "tensor": 4}, "tensor")
     c.model.update(n_heads=2, n_kv_heads=2)  # 2 heads over tensor=4
     with pytest.raises(MeshError, match=r"\['attn'\]\['w[qk]_D[NK]H'\].*dimension 2 does not divide over mesh axes tensor of size 4"):
-        train.setup(c, devices)
+        loop.setup(c, devices)

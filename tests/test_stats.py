@@ -1,11 +1,11 @@
-"""Hand-checked values for experiments.stats."""
+"""Hand-checked values for experiments.study.stats."""
 
 import math
 
 import numpy as np
 import pytest
 
-from experiments import stats
+from experiments.study import stats
 
 T_975_DF4 = 2.7764451051977987  # Student t 97.5% quantile, 4 df (table value 2.776)
 T_975_DF3 = 3.182446305284263  # 3 df (table value 3.182)

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from experiments.results import load_results
+from experiments.study.results import load_results
 from experiments.study import Study, StudyError, expand, load_study, run_study, validate_study
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,7 +50,7 @@ def test_smoke_study_runs_resumes_and_collects(tmp_path):
 
 @pytest.mark.slow
 def test_interrupted_run_resumes_from_its_checkpoint(tmp_path):
-    import train
+    from trainer import loop
 
     study = load_study(SMOKE)
     study.grid, study.names, study.baseline = study.grid[:1], study.names[:1], None
@@ -58,7 +58,7 @@ def test_interrupted_run_resumes_from_its_checkpoint(tmp_path):
     run = expand(study, out)[0]
     half = run.config.copy_and_resolve_references()
     half.train.stop_at = run.steps // 2
-    train.train_and_evaluate(half, str(run.workdir))  # "interrupted" halfway
+    loop.train_and_evaluate(half, str(run.workdir))  # "interrupted" halfway
     run_study(study, out, report=False, log=lambda *_: None)
     with open(run.workdir / "metrics.jsonl") as f:
         steps = [json.loads(l)["step"] for l in f if "train/loss" in l]
@@ -74,12 +74,12 @@ def test_print_commands_lists_one_train_command_per_run(tmp_path):
     cmds = out.stdout.strip().splitlines()
     study = load_study(SMOKE)
     assert len(cmds) == len(study.grid) * len(study.seeds)
-    assert all("train.py --config experiments/lm_tiny.py --workdir" in c and "--config.train.num_steps=" in c
+    assert all("train.py --config experiments/configs/lm_tiny.py --workdir" in c and "--config.train.num_steps=" in c
                for c in cmds)
 
 
 def base_study(**kw):
-    s = dict(name="t", config="experiments/lm_tiny.py", grid=[{"model.d_model": 64}], seeds=[0, 1],
+    s = dict(name="t", config="experiments/configs/lm_tiny.py", grid=[{"model.d_model": 64}], seeds=[0, 1],
              budget={"mode": "steps", "value": 3})
     s.update(kw)
     return Study(**s)
@@ -111,7 +111,7 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path):
     bad.write_text(
         "from experiments.study import Study\n"
         "def get_study(arg=None):\n"
-        "    return Study(name='bad', config='experiments/lm_tiny.py', grid=[], seeds=[0, 1],\n"
+        "    return Study(name='bad', config='experiments/configs/lm_tiny.py', grid=[], seeds=[0, 1],\n"
         "                 budget={'mode': 'steps', 'value': 2})\n"
     )
     out = subprocess.run([sys.executable, "-m", "experiments.study", str(bad), "--out", str(tmp_path / "o")],

@@ -9,8 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-import train
-from experiments.defaults import apply_smoke, base_config
+from trainer import loop
+from experiments.configs.defaults import apply_smoke, base_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,7 +27,7 @@ def read_metrics(workdir):
 
 
 def test_smoke_run_writes_metrics_checkpoints_and_tensorboard(tmp_path, devices):
-    summary = train.train_and_evaluate(smoke_cfg(), str(tmp_path), devices[:1])
+    summary = loop.train_and_evaluate(smoke_cfg(), str(tmp_path), devices[:1])
     assert summary["steps"] == 6 and set(summary["final"]) == {"eval/loss", "eval/bpb", "eval/accuracy"}
     assert summary["final"]["eval/bpb"] < 8.0  # below uniform over bytes after a few steps
     assert [p["step"] for p in summary["curve"]] == [3, 6]
@@ -39,9 +39,9 @@ def test_smoke_run_writes_metrics_checkpoints_and_tensorboard(tmp_path, devices)
 
 
 def test_rerun_of_finished_workdir_resumes_and_does_not_retrain(tmp_path, devices):
-    train.train_and_evaluate(smoke_cfg(), str(tmp_path), devices[:1])
+    loop.train_and_evaluate(smoke_cfg(), str(tmp_path), devices[:1])
     n = len(read_metrics(tmp_path))
-    summary = train.train_and_evaluate(smoke_cfg(), str(tmp_path), devices[:1])
+    summary = loop.train_and_evaluate(smoke_cfg(), str(tmp_path), devices[:1])
     new = read_metrics(tmp_path)[n:]
     assert all("train/loss" not in r for r in new)  # no training step ran again
     assert summary["final"]
@@ -49,7 +49,7 @@ def test_rerun_of_finished_workdir_resumes_and_does_not_retrain(tmp_path, device
 
 def _run_cli(workdir, steps, extra=()):
     env = {**os.environ, "XLA_FLAGS": "", "CI": "1"}
-    cmd = [sys.executable, "train.py", "--config", "experiments/lm_tiny.py:smoke", "--workdir", str(workdir),
+    cmd = [sys.executable, "train.py", "--config", "experiments/configs/lm_tiny.py:smoke", "--workdir", str(workdir),
            f"--config.train.num_steps={steps}", "--config.train.log_every=1", "--config.train.eval_every=10",
            "--config.train.checkpoint_every=10", *extra]
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -92,13 +92,13 @@ def _is_config_file(path: str) -> bool:
 
 
 EXPERIMENTS = sorted(
-    os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "experiments", "*.py")) if _is_config_file(p)
+    os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "experiments", "configs", "*.py")) if _is_config_file(p)
 )
 
 
 def test_experiment_configs_are_found():
-    assert {"experiments/lm_tiny.py", "experiments/listops.py"} <= set(EXPERIMENTS)
-    assert "experiments/report.py" not in EXPERIMENTS
+    assert {"experiments/configs/lm_tiny.py", "experiments/configs/listops.py"} <= set(EXPERIMENTS)
+    assert "experiments/configs/defaults.py" not in EXPERIMENTS
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS)
@@ -109,7 +109,7 @@ def test_every_experiment_runs_as_smoke(path, tmp_path, devices):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     cfg = mod.get_config("smoke")
-    summary = train.train_and_evaluate(cfg, str(tmp_path), devices[:1])
+    summary = loop.train_and_evaluate(cfg, str(tmp_path), devices[:1])
     assert np.isfinite(summary["final"]["eval/loss"])
 
 
@@ -136,13 +136,13 @@ def test_quickstart_notebook_executes():
 def test_bfloat16_compute_trains(tmp_path, devices):
     cfg = smoke_cfg()
     cfg.model.dtype = "bfloat16"
-    summary = train.train_and_evaluate(cfg, str(tmp_path), devices[:1])
+    summary = loop.train_and_evaluate(cfg, str(tmp_path), devices[:1])
     assert np.isfinite(summary["final"]["eval/loss"]) and summary["final"]["eval/bpb"] < 8.0
 
 
 def test_resumed_run_summary_keeps_earlier_evaluations(tmp_path, devices):
     first = smoke_cfg(stop_at=3)
-    train.train_and_evaluate(first, str(tmp_path), devices[:1])
-    summary = train.train_and_evaluate(smoke_cfg(), str(tmp_path), devices[:1])
+    loop.train_and_evaluate(first, str(tmp_path), devices[:1])
+    summary = loop.train_and_evaluate(smoke_cfg(), str(tmp_path), devices[:1])
     assert [p["step"] for p in summary["curve"]] == [3, 6]
     assert summary["best"]["eval/loss"] == min(p["eval/loss"] for p in summary["curve"])

@@ -26,6 +26,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from nn.errors import CheckpointMismatchError
 
 # Config sections that define what a run is: a checkpoint written under
 # different values cannot be continued. `train.*`, `optim.*`, `mesh.*` and
@@ -33,9 +34,6 @@ import orbax.checkpoint as ocp
 IDENTITY_FIELDS = ("task", "seed", "model", "data")
 _DATA_FREE = ("eval_batches", "eval_batch_size")
 
-
-class CheckpointMismatchError(ValueError):
-    """The workdir holds a checkpoint from an incompatible config."""
 
 
 def _name(path) -> str:

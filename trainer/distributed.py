@@ -36,7 +36,7 @@ from typing import Mapping
 
 import jax
 
-from models.config import ConfigError
+from nn.errors import ConfigError
 
 log = logging.getLogger("train")
 

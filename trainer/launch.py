@@ -1,7 +1,7 @@
 """Runs one training command as N local processes: a multi-host run on one machine.
 
     python -m trainer.launch --num_processes 2 --devices_per_process 4 -- \\
-        --config experiments/lm_tiny.py:smoke --workdir /tmp/mp \\
+        --config experiments/configs/lm_tiny.py:smoke --workdir /tmp/mp \\
         --config.mesh.shape.data=2 --config.mesh.shape.fsdp=4
 
 Each process gets `--coordinator_address=127.0.0.1:<free port>

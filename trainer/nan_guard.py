@@ -29,7 +29,7 @@ import logging
 import jax
 import jax.numpy as jnp
 
-from models.config import ConfigError
+from nn.errors import ConfigError
 
 log = logging.getLogger("train")
 

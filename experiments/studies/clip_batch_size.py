@@ -12,7 +12,7 @@ steps than a batch of 32 at the same learning rate and schedule shape
 (warmup 10% of each run's steps): the comparison is "more negatives per
 step vs more steps", the trade-off a fixed data budget forces. It is a
 reduced CPU setting (see the committed report in experiments/results/clip_batch_size/
-for what it shows): a 1-layer, width-32 version of experiments/clip_shapes.py
+for what it shows): a 1-layer, width-32 version of experiments/configs/clip_shapes.py
 (42K parameters, `TINY` below) on single-object scenes, 32,768 pairs per run,
 one evaluation at the end on the fixed 768-pair validation set (zero-shot
 over held-out colour-shape combinations, retrieval over all 768).
@@ -32,7 +32,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from experiments.defaults import parse_arg
+from experiments.configs.defaults import parse_arg
 from experiments.study import Study
 
 BATCHES = (32, 64, 128, 256)
@@ -53,7 +53,7 @@ def get_study(arg=None) -> Study:
     seq_len = 40  # the longest single-object captions (51 bytes) lose their last words
     study = Study(
         name="clip_batch_size",
-        config="experiments/clip_shapes.py",
+        config="experiments/configs/clip_shapes.py",
         grid=[{"data.batch_size": b, "clip.loss": loss} for loss in LOSSES for b in BATCHES],
         names=[f"{loss}_b{b}" for loss in LOSSES for b in BATCHES],
         seeds=[0, 1, 2],
@@ -64,7 +64,7 @@ def get_study(arg=None) -> Study:
         evals_per_run=1,
     )
     if args.get("smoke"):
-        study.config = "experiments/clip_shapes.py:smoke"
+        study.config = "experiments/configs/clip_shapes.py:smoke"
         study.grid = [{"data.batch_size": 8, "clip.loss": "softmax"}, {"data.batch_size": 16, "clip.loss": "sigmoid"}]
         study.names = ["softmax_b8", "sigmoid_b16"]
         study.baseline = "softmax_b8"
@@ -76,8 +76,8 @@ def get_study(arg=None) -> Study:
 
 def accuracy_tables(out: str | Path) -> Path:
     """tables.md beside report.md: mean ± 95% Student-t CI over seeds of each higher-is-better metric."""
-    from experiments.results import load_results
-    from experiments.stats import summarize
+    from experiments.study.results import load_results
+    from experiments.study.stats import summarize
 
     out = Path(out)
     records = load_results(out / "results.jsonl")

@@ -4,14 +4,14 @@
     python -m experiments.study experiments/studies/listops.py:smoke --out /tmp/listops_smoke
 
 Steps-matched (500 steps of 16 examples, lengths 100-500; see
-experiments/listops.py), so the attention types see the same examples in
+experiments/configs/listops.py), so the attention types see the same examples in
 the same order for a given seed and the comparisons are paired. The
 report's metric is validation loss; accuracies with CIs are in
 experiments/README.md. Published LRA test accuracies (full setting,
 lengths 500-2000, far longer training): Transformer 36.37, Longformer
 35.63, Performer 18.01. About 35 minutes for the 9 runs on 2 CPU cores.
 """
-from experiments.defaults import parse_arg
+from experiments.configs.defaults import parse_arg
 from experiments.study import Study
 
 VARIANTS = ("dense", "performer", "longformer")
@@ -21,7 +21,7 @@ def get_study(arg=None) -> Study:
     args = parse_arg(arg)
     study = Study(
         name="listops",
-        config="experiments/listops.py",
+        config="experiments/configs/listops.py",
         grid=[{"model.attention": v} for v in VARIANTS],
         names=list(VARIANTS),
         seeds=[0, 1, 2],
@@ -32,7 +32,7 @@ def get_study(arg=None) -> Study:
         evals_per_run=2,
     )
     if args.get("smoke"):
-        study.config = "experiments/listops.py:smoke"
+        study.config = "experiments/configs/listops.py:smoke"
         study.seeds = [0, 1]
         study.budget = {"mode": "steps", "value": 4}
         study.overrides.update({"model.window": 8, "model.num_features": 16})

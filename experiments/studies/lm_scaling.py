@@ -12,7 +12,7 @@ learning curves, and the loss-vs-parameters law at the matched budget.
 The full run took 52 minutes on 2 shared CPU cores (about 38 on a quiet machine); the figures it
 produced are in experiments/README.md.
 """
-from experiments.defaults import parse_arg
+from experiments.configs.defaults import parse_arg
 from experiments.study import Study
 
 # (d_model, n_layers, n_heads): head dim 32 throughout, d_ff = 4 * d_model.
@@ -28,7 +28,7 @@ def get_study(arg=None) -> Study:
     args = parse_arg(arg)
     study = Study(
         name="lm_scaling",
-        config="experiments/lm_tiny.py",
+        config="experiments/configs/lm_tiny.py",
         grid=[size_overrides(*s) for s in SIZES],
         names=[f"d{d}L{layers}" for d, layers, _ in SIZES],
         seeds=[0, 1, 2, 3, 4],

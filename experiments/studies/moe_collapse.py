@@ -22,7 +22,7 @@ experts, so full collapse onto one expert shows as 0.5); reports also cover
 normalised load entropy and bits per byte. Curves come from the evaluations
 during training (report_load_entropy.md / curves_load_entropy.png).
 """
-from experiments.defaults import parse_arg
+from experiments.configs.defaults import parse_arg
 from experiments.study import Study
 
 NO_LOSS = {"model.moe.balance_weight": 0.0, "model.moe.z_loss_weight": 0.0}
@@ -45,7 +45,7 @@ def get_study(arg=None) -> Study:
             g["model.moe.noise_anneal_steps"] = steps
     study = Study(
         name="moe_collapse",
-        config="experiments/moe_lm.py:experts=16,k=2",
+        config="experiments/configs/moe_lm.py:experts=16,k=2",
         grid=grid,
         names=list(ARMS),
         seeds=[0, 1, 2, 3, 4],
@@ -58,7 +58,7 @@ def get_study(arg=None) -> Study:
         evals_per_run=8,
     )
     if args.get("smoke"):
-        study.config = "experiments/moe_lm.py:smoke"
+        study.config = "experiments/configs/moe_lm.py:smoke"
         study.seeds = [0, 1]
         study.overrides = {"train.tensorboard": False, "sample.num_tokens": 0}
         study.evals_per_run = 2

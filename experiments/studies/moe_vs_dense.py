@@ -19,7 +19,7 @@ budget: same steps and batches per seed, so comparisons are paired):
 Five seeds, Holm-corrected paired comparisons against `moe`; the report lists
 every arm's parameters and training FLOPs so the matching can be checked.
 """
-from experiments.defaults import parse_arg
+from experiments.configs.defaults import parse_arg
 from experiments.study import Study
 
 D, E, F_EXPERT = 96, 8, 192
@@ -34,7 +34,7 @@ def get_study(arg=None) -> Study:
     args = parse_arg(arg)
     study = Study(
         name="moe_vs_dense",
-        config=f"experiments/moe_lm.py:experts={E},k=2,dispatch=dropless",
+        config=f"experiments/configs/moe_lm.py:experts={E},k=2,dispatch=dropless",
         grid=[dict(v) for v in ARMS.values()],
         names=list(ARMS),
         seeds=[0, 1, 2, 3, 4],
@@ -47,7 +47,7 @@ def get_study(arg=None) -> Study:
         evals_per_run=8,
     )
     if args.get("smoke"):
-        study.config = "experiments/moe_lm.py:smoke"
+        study.config = "experiments/configs/moe_lm.py:smoke"
         study.seeds = [0, 1]
         study.grid = [{"model.ffn": "moe", "model.d_ff": 64}, {"model.ffn": "mlp", "model.d_ff": 64},
                       {"model.ffn": "mlp", "model.d_ff": 128}]

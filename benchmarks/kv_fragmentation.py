@@ -1,7 +1,7 @@
 """KV-cache fragmentation study: contiguous vs paged KV memory on mixed-length traffic.
 
-    python -m experiments.studies.kv_fragmentation                 # ~3 minutes on 2 CPU cores
-    python -m experiments.studies.kv_fragmentation --smoke --out /tmp/kv_frag   # seconds (the tests)
+    python -m benchmarks.kv_fragmentation                 # ~3 minutes on 2 CPU cores
+    python -m benchmarks.kv_fragmentation --smoke --out /tmp/kv_frag   # seconds (the tests)
 
 The scenario: request lengths from 50 to 4000 tokens, mean 800, std 600
 (log-normal, clipped), a saturated queue, and a fixed KV budget of
@@ -30,10 +30,11 @@ import sys
 
 import numpy as np
 
-from experiments.stats import summarize
+from experiments.study.stats import summarize
 from inference.memory_sim import sample_workload, simulate
 
-OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results", "kv_fragmentation")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.path.join(ROOT, "experiments", "results", "kv_fragmentation")
 SCHEMES = ("contiguous-max", "contiguous-exact", "paged-8", "paged-16", "paged-64", "paged-256")
 METRICS = ("concurrent", "waste_pct", "reserved_pct", "internal_pct", "external_pct", "preempt_per_req", "recomputed_pct")
 
@@ -198,7 +199,7 @@ def plot(summary: list[dict], path: str) -> None:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m experiments.studies.kv_fragmentation")
+    p = argparse.ArgumentParser(prog="python -m benchmarks.kv_fragmentation")
     p.add_argument("--smoke", action="store_true", help="tiny workloads, seconds")
     p.add_argument("--seeds", default="0,1,2,3,4")
     p.add_argument("--requests", type=int, default=1500)
@@ -214,7 +215,7 @@ def main(argv=None) -> dict:
     p.add_argument("--no_throughput", action="store_true")
     p.add_argument("--out", default=OUT)
     args = p.parse_args(argv)
-    args.command = " ".join(["python -m experiments.studies.kv_fragmentation", *(sys.argv[1:] if argv is None else argv)])
+    args.command = " ".join(["python -m benchmarks.kv_fragmentation", *(sys.argv[1:] if argv is None else argv)])
     if args.smoke:
         args.seeds, args.requests, args.budget_seqs, args.warmup = "0,1", 200, 4, 100
         args.ablation, args.scale, args.steps, args.repeats = "0", 32, 2, 1

@@ -1,8 +1,8 @@
 """Byte-level Mixture-of-Experts LM on the embedded pydoc corpus.
 
-    python train.py --config experiments/moe_lm.py --workdir runs/moe_lm
-    python train.py --config experiments/moe_lm.py:experts=16,k=1,dispatch=capacity --workdir runs/moe_e16
-    python train.py --config experiments/moe_lm.py:smoke --workdir /tmp/moe_smoke   # seconds, for tests
+    python train.py --config experiments/configs/moe_lm.py --workdir runs/moe_lm
+    python train.py --config experiments/configs/moe_lm.py:experts=16,k=1,dispatch=capacity --workdir runs/moe_e16
+    python train.py --config experiments/configs/moe_lm.py:smoke --workdir /tmp/moe_smoke   # seconds, for tests
 
 The lm_tiny shape (width 128, 4 layers) with every FFN a top-k MoE layer:
 E experts of hidden width 256 each, so with k=2 the active FFN FLOPs per
@@ -13,7 +13,7 @@ Health metrics (`train/moe/...`, per layer and averaged) are in
 metrics.jsonl and TensorBoard; evaluation reports the layer means on
 held-out text (`eval/moe/load_entropy`, `eval/moe/max_fraction`, ...).
 """
-from experiments.defaults import apply_smoke, base_config, parse_arg
+from experiments.configs.defaults import apply_smoke, base_config, parse_arg
 
 
 def get_config(arg: str | None = None):

@@ -1,12 +1,12 @@
 """Tiny byte-level LM on the embedded pydoc corpus: the README's main job.
 
-    python train.py --config experiments/lm_tiny.py --workdir runs/lm_tiny
-    python train.py --config experiments/lm_tiny.py:smoke --workdir /tmp/smoke   # seconds, for tests
+    python train.py --config experiments/configs/lm_tiny.py --workdir runs/lm_tiny
+    python train.py --config experiments/configs/lm_tiny.py:smoke --workdir /tmp/smoke   # seconds, for tests
 
 Trains on 2 CPU cores in under 5 minutes and should reach validation
 bits-per-byte below 2.5 (the corpus's unigram entropy is 4.7 bits).
 """
-from experiments.defaults import apply_smoke, base_config, parse_arg
+from experiments.configs.defaults import apply_smoke, base_config, parse_arg
 
 
 def get_config(arg: str | None = None):

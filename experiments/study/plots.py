@@ -9,8 +9,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from experiments import stats
-from experiments.scaling_fits import _num
+from experiments.study import stats
+from experiments.study.fits import _num
 
 def plot_metric_vs_compute(ax, an: dict) -> None:
     """Per-seed points, per-point mean ± CI and (if fitted) the power law, x = train FLOPs (log).

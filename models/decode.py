@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from inference import InferenceError
-from inference.sampling import SamplingParams, sample_token
+from nn.errors import InferenceError
+from models.sampling import SamplingParams, sample_token
 
 PAD_TOKEN = -1  # marks positions after a row stopped in the returned token buffer
 

@@ -1,6 +1,6 @@
 """Markdown report and plots for one study's ``results.jsonl``.
 
-    python -m experiments.report results/<name> [--baseline POINT] [--metric eval/bpb]
+    python -m experiments.study.report results/<name> [--baseline POINT] [--metric eval/bpb]
                                                 [--correction holm|bh] [--use final|best]
 
 writes ``results/<name>/report.md``, ``metric_vs_compute.png``, ``curves.png`` and, when
@@ -46,11 +46,12 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments import stats
-from experiments.report_plots import (_save, plot_curves, plot_metric_vs_compute,  # noqa: F401  (public API)
+from experiments.study import stats
+from experiments.study.plots import (_save, plot_curves, plot_metric_vs_compute,  # noqa: F401  (public API)
                                       plot_metric_vs_params)
-from experiments.results import load_results
-from experiments.scaling_fits import COMPUTE_TOL_DECADES, _distinct_compute, _frontier, _g, _num, _param_fit, _si
+from experiments.study.results import load_results
+from experiments.study.fits import COMPUTE_TOL_DECADES, _distinct_compute, _frontier, _g, _num, _param_fit, _si
+from nn.errors import ReportError
 
 __all__ = ["ReportError", "analyze", "render_markdown", "plot_metric_vs_compute", "plot_metric_vs_params",
            "plot_curves", "write_report", "main"]
@@ -60,9 +61,6 @@ MIN_SEEDS_RECOMMENDED = 5
 _BUDGET_WORDS = {"flops": "FLOPs", "tokens": "tokens", "steps": "steps"}
 _CORRECTION_NAMES = {"holm": "Holm-Bonferroni (Holm 1979)", "bh": "Benjamini-Hochberg (1995)"}
 
-
-class ReportError(ValueError):
-    """Bad input for a report; the message is one line naming the thing and value."""
 
 
 # --------------------------------------------------------------------------- analysis
@@ -514,7 +512,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv=None) -> int:
-    ap = _Parser(prog="python -m experiments.report",
+    ap = _Parser(prog="python -m experiments.study.report",
                                  description="Write report.md and plots for a study's results.jsonl.")
     ap.add_argument("results_dir", help="directory containing results.jsonl")
     ap.add_argument("--baseline", default=None, help="point to compare against (default: first in file)")

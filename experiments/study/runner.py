@@ -34,15 +34,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from experiments.results import append_result, load_results
-from experiments.stats import steps_for_budget
+from experiments.study.results import append_result, load_results
+from experiments.study.stats import steps_for_budget
+from nn.errors import StudyError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BUDGET_MODES = ("flops", "tokens", "steps")
 
-
-class StudyError(ValueError):
-    """A bad study definition or invocation; one line naming the thing and value."""
 
 
 @dataclasses.dataclass
@@ -172,7 +170,8 @@ def _slug(s: str) -> str:
 
 
 def expand(study: Study, out: Path) -> list[Run]:
-    from models.config import ConfigError, validate_model_config
+    from models.config import validate_model_config
+    from nn.errors import ConfigError
     from models.flops import train_flops_per_token
     from tasks import get_task
 
@@ -272,15 +271,15 @@ def run_study(study: Study, out: str | Path, *, collect_only: bool = False, repo
             if collect_only:
                 log(f"{tag}: not finished in {run.workdir}, left out")
                 continue
-            import train
+            from trainer import loop
 
             log(f"{tag}: training in {run.workdir}")
-            summary = train.train_and_evaluate(run.config, str(run.workdir))
+            summary = loop.train_and_evaluate(run.config, str(run.workdir))
         append_result(results, record_for(study, run, summary, order))
         final = " ".join(f"{k}={v:.4f}" for k, v in summary["final"].items() if k in study.metrics)
         log(f"{tag}: {final}")
     if report:
-        from experiments.report import write_report
+        from experiments.study.report import write_report
 
         # One report per metric: the first is report.md, the others report_<metric>.md.
         for j, metric in enumerate(study.metrics):

@@ -1,10 +1,10 @@
 """Long Range Arena ListOps: a bidirectional encoder classifies nested MIN/MAX/MED/SM expressions.
 
-    python train.py --config experiments/listops.py --workdir runs/listops_dense
-    python train.py --config experiments/listops.py:variant=performer --workdir runs/listops_performer
-    python train.py --config experiments/listops.py:variant=longformer --workdir runs/listops_longformer
-    python train.py --config experiments/listops.py:full,variant=dense --workdir runs/listops_full  # accelerator
-    python train.py --config experiments/listops.py:smoke --workdir /tmp/smoke   # seconds, for tests
+    python train.py --config experiments/configs/listops.py --workdir runs/listops_dense
+    python train.py --config experiments/configs/listops.py:variant=performer --workdir runs/listops_performer
+    python train.py --config experiments/configs/listops.py:variant=longformer --workdir runs/listops_longformer
+    python train.py --config experiments/configs/listops.py:full,variant=dense --workdir runs/listops_full  # accelerator
+    python train.py --config experiments/configs/listops.py:smoke --workdir /tmp/smoke   # seconds, for tests
 
 Published numbers (LRA, Tay et al. 2021, table 1, test accuracy at 500-2000
 tokens): Transformer 36.37, Longformer 35.63, Performer 18.01; chance is
@@ -32,7 +32,7 @@ data fields, so `seed` varies initialisation and batch order on fixed data.
 import ml_collections
 
 from data import listops
-from experiments.defaults import apply_smoke, base_config, parse_arg
+from experiments.configs.defaults import apply_smoke, base_config, parse_arg
 
 VARIANTS = ("dense", "performer", "longformer")
 

@@ -1,8 +1,8 @@
 """CLIP on the embedded captioned shapes (CPU, minutes): zero-shot shape classification of held-out combinations.
 
-    python train.py --config experiments/clip_shapes.py --workdir runs/clip_shapes
-    python train.py --config experiments/clip_shapes.py:loss=sigmoid --workdir runs/clip_siglip
-    python train.py --config experiments/clip_shapes.py:smoke --workdir /tmp/smoke   # seconds, for tests
+    python train.py --config experiments/configs/clip_shapes.py --workdir runs/clip_shapes
+    python train.py --config experiments/configs/clip_shapes.py:loss=sigmoid --workdir runs/clip_siglip
+    python train.py --config experiments/configs/clip_shapes.py:smoke --workdir /tmp/smoke   # seconds, for tests
 
 Reaches (seed 0, measured with the first command on this project's shared
 2-core CPU under load ~14 from other jobs, 1000 steps in 132 s of loop
@@ -39,7 +39,7 @@ Arguments (comma separated): `loss=softmax|sigmoid`; `batch=N`;
 import ml_collections
 
 from clip.tokenizer import VOCAB_SIZE
-from experiments.defaults import apply_smoke, base_config, parse_arg
+from experiments.configs.defaults import apply_smoke, base_config, parse_arg
 from models.config import default_model_config
 
 

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from experiments import stats
+from experiments.study import stats
 
 COMPUTE_TOL_DECADES = 0.05
 # Frontier, for curves whose evals do not line up by index: a compute level spans

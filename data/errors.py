@@ -1,2 +1,0 @@
-class DataError(ValueError):
-    """Data cannot be loaded: missing, empty or undecodable input. One-line message."""

@@ -1,0 +1,1 @@
+"""Experiment configs: `get_config(arg)` per file, big_vision style (see defaults.py)."""

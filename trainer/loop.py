@@ -1,0 +1,461 @@
+"""The generic sharded train loop: setup, the pure train step, evaluation, restore.
+
+A task (see `tasks/`) supplies the model, loss, data and evaluation; this
+module supplies everything else: the mesh and shardings, the optimizer, the
+jitted `train_step`, evaluation, checkpoints (a rerun with the same workdir
+resumes) and metric logging. `train_and_evaluate(config, workdir)` is the
+entry point for the CLI (`train.py`), tests, studies and notebooks;
+`restore_params(workdir)` rebuilds a trained model for inference.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from models import variants
+from models.config import validate_model_config
+from nn.context import ForwardContext
+from nn.errors import ConfigError, InputError, MeshError
+from sharding.axes import logical_rules, logical_to_spec
+from sharding.mesh import make_mesh
+from sharding.rules import logical_axes_of, rules_from_config, tree_shardings
+from tasks import get_task
+from trainer import nan_guard
+from trainer.checkpoint import Checkpointer, check_compatible
+from trainer.nan_guard import NanMonitor, NonFiniteError
+from trainer.optim import make_optimizer
+from trainer.preemption import Preempted, PreemptionWatcher
+from trainer.writer import MetricWriter, Progress, progress_enabled
+
+log = logging.getLogger("train")
+
+# Errors in the user's input: reported as one line with exit status 2 (nn/errors.py).
+INPUT_ERRORS = (InputError,)
+
+
+@dataclasses.dataclass
+class Setup:
+    """Everything decided before compiling: checked config, mesh, task, shardings."""
+
+    config: ml_collections.ConfigDict
+    mesh: jax.sharding.Mesh
+    rules: dict
+    task: Any
+    graphdef: Any
+    abstract_params: Any
+    param_shardings: Any
+    state_shardings: Any
+    batch_shardings: dict
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    nan_policy: str = "raise"
+    nan_injection: tuple[int, int] | None = None  # test-only (trainer/nan_guard.py)
+
+
+# --------------------------------------------------------------------------
+# Validation (before anything compiles)
+# --------------------------------------------------------------------------
+
+def validate_config(config, mesh) -> None:
+    validate_model_config(config.model)
+    d, o = config.data, config.optim
+    for section, field in (("data", "seq_len"), ("data", "batch_size"), ("train", "num_steps"),
+                           ("train", "log_every"), ("train", "eval_every"), ("train", "checkpoint_every"),
+                           ("train", "keep_checkpoints"), ("optim", "accum_steps"), ("data", "eval_batches")):
+        v = config[section][field]
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+            raise ConfigError(f"{section}.{field}={v!r} must be a positive integer")
+    if o.warmup_steps < 0:
+        raise ConfigError(f"optim.warmup_steps={o.warmup_steps} must be >= 0")
+    if float(o.learning_rate) <= 0:
+        raise ConfigError(f"optim.learning_rate={o.learning_rate} must be > 0")
+    # The batch is sharded over every axis but `tensor` (see sharding/rules.py).
+    dp = mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1) * mesh.shape.get("expert", 1)
+    if d.batch_size % o.accum_steps:
+        raise ConfigError(f"data.batch_size={d.batch_size} is not divisible by optim.accum_steps={o.accum_steps}")
+    micro = d.batch_size // o.accum_steps
+    if micro % dp:
+        raise ConfigError(
+            f"data.batch_size={d.batch_size} (micro-batch {micro}) is not divisible by the data-parallel size {dp} "
+            f"(mesh data x fsdp x expert)"
+        )
+    try:
+        variants.validate_mesh(config.model, mesh.shape)  # each layer variant's own mesh checks
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    eval_bs = d.eval_batch_size or d.batch_size
+    if eval_bs % dp:
+        raise ConfigError(f"data.eval_batch_size={eval_bs} is not divisible by the data-parallel size {dp}")
+    if jax.process_count() > 1 and (d.batch_size % jax.process_count() or eval_bs % jax.process_count()):
+        raise ConfigError(
+            f"data.batch_size={d.batch_size} is not divisible by the process count {jax.process_count()}"
+        )
+
+
+def config_to_dict(config) -> dict:
+    return json.loads(config.to_json_best_effort())
+
+
+# --------------------------------------------------------------------------
+# The train step: pure, jitted once with explicit shardings and donated state
+# --------------------------------------------------------------------------
+
+def train_step(state: dict, batch: dict, *, graphdef, task, tx, schedule, accum_steps: int, rules,
+               nan_policy: str = "raise", nan_injection=None):
+    """(state, batch) -> (state, metrics). Metrics are scalars, namespaced `train/...`.
+
+    Two `nan_guard/...` entries flag a non-finite loss or gradient (the loop
+    takes them out); under nan_policy="skip" such a step leaves parameters
+    and optimizer state as they were.
+    """
+    with logical_rules(rules):
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+
+        def loss_fn(params, micro, r):
+            ctx = ForwardContext(train=True, step=state["step"], rng=r)
+            return task.loss(nnx.merge(graphdef, params), micro, ctx)
+
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        if accum_steps == 1:
+            (loss, metrics), grads = grad_fn(state["params"], batch, rng)
+        else:
+            # [B, ...] -> [A, B/A, ...]: micro-batch a takes rows a*B/A .. (a+1)*B/A.
+            micro_batches = jax.tree.map(lambda x: x.reshape(accum_steps, -1, *x.shape[1:]), batch)
+
+            def body(carry, xs):
+                micro, i = xs
+                (l, m), g = grad_fn(state["params"], micro, jax.random.fold_in(rng, i))
+                return jax.tree.map(jnp.add, carry, (g, m, l)), None
+
+            zeros = jax.eval_shape(lambda: grad_fn(state["params"], jax.tree.map(lambda x: x[0], micro_batches), rng))
+            init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (zeros[1], zeros[0][1], zeros[0][0]))
+            (grads, metrics, loss), _ = jax.lax.scan(body, init, (micro_batches, jnp.arange(accum_steps)))
+            grads, metrics, loss = jax.tree.map(lambda x: x / accum_steps, (grads, metrics, loss))
+
+        grads = nan_guard.inject_nan(grads, state["step"], nan_injection)
+        finite, first_bad_leaf = nan_guard.finite_check(loss, grads)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = task.post_update(optax.apply_updates(state["params"], updates))  # Task hook (CLIP: clamp)
+        stats, extra = task.update_stats(state["stats"], metrics)
+        if nan_policy == "skip":
+            # A skipped step changes nothing: parameters, optimizer state and carried statistics.
+            params, opt_state, stats = nan_guard.keep_if(
+                finite, (params, opt_state, stats), (state["params"], state["opt_state"], state["stats"]))
+        metrics = {f"train/{k}": v for k, v in {**metrics, **extra}.items()}
+        metrics[nan_guard.FLAG] = ~finite
+        metrics[nan_guard.LEAF] = first_bad_leaf
+        metrics["train/grad_norm"] = optax.tree.norm(grads)
+        metrics["train/lr"] = schedule(state["step"])
+        new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1, "rng": state["rng"],
+                     "stats": stats}
+        return new_state, metrics
+
+
+def eval_step(params, batch, *, graphdef, task, rules):
+    with logical_rules(rules):
+        return task.eval_sums(nnx.merge(graphdef, params), batch)
+
+
+# --------------------------------------------------------------------------
+# Setup
+# --------------------------------------------------------------------------
+
+def setup(config, devices=None) -> Setup:
+    """Checks the config and derives mesh, task, shapes and shardings; compiles nothing."""
+    mesh = make_mesh(config.mesh.shape, devices)
+    validate_config(config, mesh)
+    rules = rules_from_config(config.mesh.rules, mesh)
+    task = get_task(config.task)(config, jax.process_index(), jax.process_count())
+
+    abstract_model = nnx.eval_shape(lambda: task.build_model(nnx.Rngs(int(config.seed))))
+    graphdef, abstract_vars = nnx.split(abstract_model)
+    abstract_params = nnx.to_pure_dict(abstract_vars)
+    try:
+        param_shardings = tree_shardings(logical_axes_of(abstract_vars), abstract_params, mesh, rules)
+    except ValueError as e:
+        raise MeshError(f"mesh.rules={config.mesh.rules!r}: {e}") from None
+
+    tx, schedule = make_optimizer(config.optim, int(config.train.num_steps))
+    replicated = NamedSharding(mesh, P())
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    # Optimizer moments shard like their parameters; counters are replicated.
+    opt_shardings = optax.tree_map_params(
+        tx, lambda _, s: s, abstract_opt, param_shardings, transform_non_params=lambda _: replicated,
+    )
+    stats_shardings = jax.tree.map(lambda _: replicated, jax.eval_shape(task.init_stats))
+    state_shardings = {"params": param_shardings, "opt_state": opt_shardings, "step": replicated, "rng": replicated,
+                       "stats": stats_shardings}
+    batch_shardings = {k: NamedSharding(mesh, logical_to_spec(v, rules)) for k, v in task.batch_axes().items()}
+    nan_policy, nan_injection = nan_guard.validate(config.train, abstract_params)
+    return Setup(config, mesh, rules, task, graphdef, abstract_params, param_shardings, state_shardings,
+                 batch_shardings, tx, schedule, nan_policy=nan_policy, nan_injection=nan_injection)
+
+
+def abstract_state(s: Setup) -> dict:
+    shapes = {
+        "params": s.abstract_params,
+        "opt_state": jax.eval_shape(s.tx.init, s.abstract_params),
+        "step": jax.ShapeDtypeStruct((), jnp.int32),
+        "rng": jax.ShapeDtypeStruct((2,), jnp.uint32),
+        "stats": jax.eval_shape(s.task.init_stats),
+    }
+    return jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), shapes, s.state_shardings)
+
+
+def init_state(s: Setup) -> dict:
+    seed = int(s.config.seed)
+
+    def init():
+        params = nnx.to_pure_dict(nnx.state(s.task.build_model(nnx.Rngs(seed))))
+        rng = jax.random.key_data(jax.random.fold_in(jax.random.key(seed), 1))
+        return {"params": params, "opt_state": s.tx.init(params), "step": jnp.zeros((), jnp.int32), "rng": rng,
+                "stats": s.task.init_stats()}
+
+    with jax.set_mesh(s.mesh), logical_rules(s.rules):
+        return jax.jit(init, out_shardings=s.state_shardings)()
+
+
+def jit_train_step(s: Setup, example_batch: dict):
+    """`train_step` jitted once: explicit in/out shardings, state donated."""
+    return jax.jit(
+        functools.partial(train_step, graphdef=s.graphdef, task=s.task, tx=s.tx, schedule=s.schedule,
+                          accum_steps=int(s.config.optim.accum_steps), rules=s.rules,
+                          nan_policy=s.nan_policy, nan_injection=s.nan_injection),
+        in_shardings=(s.state_shardings, {k: s.batch_shardings[k] for k in example_batch}),
+        out_shardings=(s.state_shardings, None),
+        donate_argnums=0,
+    )
+
+
+def jit_eval_step(s: Setup):
+    return jax.jit(
+        functools.partial(eval_step, graphdef=s.graphdef, task=s.task, rules=s.rules),
+        in_shardings=(s.param_shardings, s.batch_shardings),
+    )
+
+
+def host_params_for_extras(params):
+    """Parameters a single process can use on its own (for samples at evaluation).
+
+    With several processes a parameter's shards live on other hosts, and a
+    computation over them must run on every process; gathering a host copy
+    (all processes take part) lets process 0 sample alone.
+    """
+    if jax.process_count() == 1:
+        return params
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(params, tiled=True)
+
+
+def to_global(batch: dict, shardings: dict) -> dict:
+    """Assembles the global batch from this process's rows."""
+    return {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(v)) for k, v in batch.items()}
+
+
+# --------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------
+
+def evaluate(s: Setup, eval_fn, params) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for batch in s.task.eval_batches():
+        sums = eval_fn(params, to_global(batch, s.batch_shardings))
+        for k, v in jax.device_get(sums).items():
+            totals[k] = totals.get(k, 0.0) + float(v)
+    return s.task.eval_metrics(totals)
+
+
+def earlier_evals(workdir: str, upto: int) -> list[dict]:
+    """Eval records of previous launches in `metrics.jsonl`, up to the resumed step."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if upto == 0 or not os.path.exists(path):
+        return []
+    by_step: dict[int, dict] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a crash
+            if rec.get("step", upto + 1) <= upto and any(k.startswith("eval/") for k in rec):
+                by_step[rec["step"]] = {"step": rec["step"], **{k: v for k, v in rec.items()
+                                                               if k.startswith("eval/") and isinstance(v, float)}}
+    return [by_step[k] for k in sorted(by_step)]
+
+
+def best_of(curve: list[dict]) -> dict[str, float]:
+    """Best value of each eval metric over the curve: max for accuracies, min otherwise."""
+    best: dict[str, float] = {}
+    for point in curve:
+        for k, v in point.items():
+            if k != "step":
+                pick = max if k.endswith("accuracy") or "recall_at_" in k else min
+                best[k] = pick(best.get(k, v), v)
+    return best
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict[str, Any]:
+    """Trains (resuming from `workdir` if it holds a checkpoint) and returns a run summary."""
+    s = setup(config, devices)
+    cfg = s.config
+    is_main = jax.process_index() == 0
+    ckpt = Checkpointer(workdir, keep=int(cfg.train.keep_checkpoints), async_save=bool(cfg.train.async_checkpointing))
+    cfg_dict = config_to_dict(cfg)
+    start = ckpt.latest_step()
+    saved_meta = ckpt.read_meta(start) if start is not None else {}
+    if start is not None:
+        check_compatible(saved_meta["config"], cfg_dict, workdir)
+
+    summary: dict[str, Any] = {
+        "params": s.task.param_count(),  # Task hooks; default: models/flops.py on config.model
+        "flops_per_token": s.task.train_flops_per_token(),
+        "tokens_per_step": s.task.tokens_per_step,
+    }
+    if is_main:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+            json.dump(cfg_dict, f, indent=2, sort_keys=True)
+        log.info("model: %s parameters, %.3g training FLOPs/token; mesh %s, rules %s",
+                 f"{summary['params']:,}", summary["flops_per_token"], dict(s.mesh.shape), cfg.mesh.rules)
+
+    with jax.set_mesh(s.mesh):
+        if start is None:
+            state = init_state(s)
+            start = 0
+        else:
+            state = ckpt.restore(start, abstract_state(s))
+            log.info("resumed from %s at step %d", ckpt.directory, start)
+
+        step_fn = jit_train_step(s, s.task.train_batch(start))
+        eval_fn = jit_eval_step(s)
+        writer = MetricWriter(workdir, enabled=is_main, tensorboard=bool(cfg.train.tensorboard))
+        # `train.stop_at` ends this launch early without changing the run (its schedule
+        # still spans num_steps): for time-sliced jobs and the exact-resume test.
+        stop_at = min(int(cfg.train.get("stop_at") or cfg.train.num_steps), int(cfg.train.num_steps))
+        progress = Progress(stop_at, start, enabled=is_main and progress_enabled())
+        # Evaluations of earlier launches, so a resumed run's curve is whole.
+        curve: list[dict] = earlier_evals(workdir, start) if is_main else []
+        last_eval: dict[str, float] = {}
+        t_start = time.perf_counter()
+        t_mark, step_mark = t_start, start
+        progress_at = start
+
+        def run_eval(step: int) -> None:
+            nonlocal last_eval
+            metrics = {f"eval/{k}": v for k, v in evaluate(s, eval_fn, state["params"]).items()}
+            params = host_params_for_extras(state["params"])
+            extras = s.task.eval_extras(nnx.merge(s.graphdef, params), step) if is_main else {}
+            writer.write(step, {**metrics, **{f"eval/{k}": v for k, v in extras.items()}})
+            curve.append({"step": step, **metrics})
+            last_eval = metrics
+            if is_main:
+                log.info("step %d: %s", step, " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+                if "sample" in extras:
+                    log.info("sample: %r", extras["sample"])
+
+        def meta(step: int) -> dict:
+            return {"config": cfg_dict, "step": step, "data": {"seed": int(cfg.seed), "next_step": step},
+                    "nan_guard": {"skipped_steps": monitor.skipped}}
+
+        monitor = NanMonitor(s.nan_policy, nan_guard.leaf_names(s.abstract_params),
+                             skipped=int(saved_meta.get("nan_guard", {}).get("skipped_steps", 0)))
+        watcher = PreemptionWatcher()
+        preempted_at = None
+        try:
+            for step in range(start, stop_at):
+                batch = to_global(s.task.train_batch(step), s.batch_shardings)
+                state, metrics = step_fn(state, batch)
+                done = step + 1
+                monitor.push(done, metrics)  # checks the previous step while this one runs
+                preempt = watcher.reached(done)
+                if done % cfg.train.log_every == 0 or done == stop_at or preempt:
+                    monitor.flush()
+                    metrics = jax.device_get(metrics)
+                    now = time.perf_counter()
+                    tps = (done - step_mark) * s.task.tokens_per_step / max(now - t_mark, 1e-9)
+                    t_mark, step_mark = now, done
+                    if s.nan_policy == "skip":
+                        metrics["train/skipped_steps"] = monitor.skipped
+                    writer.write(done, {**metrics, "train/tokens_per_s": tps})
+                    progress.update(done - progress_at, loss=f"{float(metrics['train/loss']):.3f}",
+                                    tok_s=f"{tps:,.0f}")
+                    progress_at = done
+                if (done % cfg.train.eval_every == 0 or done == stop_at) and not preempt:
+                    monitor.flush()
+                    run_eval(done)
+                if done % cfg.train.checkpoint_every == 0 or done == stop_at or preempt:
+                    monitor.flush()  # never save the result of a non-finite step under "raise"
+                    ckpt.save(done, state, meta(done))
+                if preempt:
+                    preempted_at = done
+                    break
+            monitor.flush()
+            if start >= stop_at and not last_eval:
+                run_eval(start)
+        except NonFiniteError as e:
+            ckpt.wait()
+            raise NonFiniteError(f"{e}; stopped with the last good checkpoint at step {ckpt.latest_step()} "
+                                 f"in {ckpt.directory} (train.nan_policy='skip' drops such updates)") from None
+        finally:
+            watcher.close()
+            progress.close()
+            ckpt.wait()
+            ckpt.close()
+            writer.close()
+    if preempted_at is not None:
+        raise Preempted(preempted_at, ckpt.directory)
+
+    summary.update({
+        "steps": max(start, stop_at),
+        "tokens": max(start, stop_at) * s.task.tokens_per_step,
+        "train_flops": summary["flops_per_token"] * max(start, stop_at) * s.task.tokens_per_step,
+        "wall_time_s": time.perf_counter() - t_start,
+        "final": last_eval,
+        "best": best_of(curve),
+        "curve": curve,
+    })
+    if is_main:
+        # Written last: its presence marks a finished launch (studies collect it).
+        tmp = os.path.join(workdir, "summary.json.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=1)
+        os.replace(tmp, os.path.join(workdir, "summary.json"))
+    return summary
+
+
+def restore_model(workdir: str, step: int | None = None, devices=None):
+    """(model, config, step) from `workdir`'s checkpoint at `step` (default: the latest).
+
+    The stored config rebuilds the model exactly as trained, on one device
+    unless `devices` says otherwise. Raises `InputError` (one line) when the
+    workdir holds no such checkpoint.
+    """
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        raise InputError(f"--workdir={workdir!r} holds no checkpoints/ folder")
+    ckpt = Checkpointer(workdir, keep=1, async_save=False)
+    try:
+        step = ckpt.latest_step() if step is None else step
+        if step is None or step not in ckpt.manager.all_steps():
+            raise InputError(f"--workdir={workdir!r} has no checkpoint at step {step} "
+                             f"(available: {sorted(ckpt.manager.all_steps())})")
+        config = ml_collections.ConfigDict(ckpt.read_meta(step)["config"])
+        s = setup(config, jax.devices()[:1] if devices is None else devices)
+        with jax.set_mesh(s.mesh):
+            state = ckpt.restore(step, abstract_state(s))
+        return nnx.merge(s.graphdef, state["params"]), config, step
+    finally:
+        ckpt.close()
