@@ -7,7 +7,7 @@ blocked cores can honour them without materializing one.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +25,24 @@ from sharding.axes import constrain
 
 def head_dim_of(cfg) -> int:
     return cfg.head_dim if cfg.get("head_dim") else cfg.d_model // cfg.n_heads
+
+
+def variant_settings(cfg, name: str, defaults: Mapping) -> Mapping:
+    """`model.<name>`: a variant's own config sub-dict, checked to hold only the fields it declares.
+
+    Variants declare their fields and defaults in a `default_config()`
+    static method; models/config.py gathers them into the model config.
+    Raises ValueError (one line) when the sub-dict is missing or names an
+    unknown field; the values are the variant's `validate_config`'s to check.
+    """
+    sub = cfg.get(name)
+    if sub is None:
+        raise ValueError(f"model.{name} is missing: model.attention={name!r} reads its settings there "
+                         "(start from models.config.default_model_config())")
+    unknown = sorted(set(sub) - set(defaults))
+    if unknown:
+        raise ValueError(f"model.{name}.{unknown[0]} is not a field of model.{name}; choose from {sorted(defaults)}")
+    return sub
 
 
 class MultiHeadAttention(nnx.Module):

@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from attention.base import MultiHeadAttention, head_dim_of
+from attention.base import MultiHeadAttention, head_dim_of, variant_settings
 from nn.context import ForwardContext
 from attention.masks import dense_mask_BTS
 from attention.registry import register_attention
@@ -381,11 +381,12 @@ def _next_layer_id(rngs: nnx.Rngs) -> int:
     return n
 
 
-def _positive_int(cfg, field, default, allow_zero=False):
-    value = cfg.get(field, default)
+def _positive_int(p, field, allow_zero=False):
+    value = p.get(field)
     ok = isinstance(value, int) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
     if not ok:
-        raise ValueError(f"model.{field}={value!r} must be a {'non-negative' if allow_zero else 'positive'} integer")
+        raise ValueError(f"model.performer.{field}={value!r} must be a "
+                         f"{'non-negative' if allow_zero else 'positive'} integer")
     return value
 
 
@@ -393,17 +394,27 @@ def _positive_int(cfg, field, default, allow_zero=False):
 class PerformerAttention(MultiHeadAttention):
     """FAVOR+ attention (Choromanski et al. 2021) with periodically redrawn orthogonal random features.
 
-    Config: `num_features` (M), `redraw_every` (0: never), `performer_kernel`
-    ("softmax" | "relu"), optional `performer_chunk_size` (causal chunk length).
+    Config: `model.performer.*`, see `default_config`.
     """
+
+    @staticmethod
+    def default_config() -> dict:
+        """`model.performer.*`, gathered into the model config by models/config.py."""
+        return dict(
+            num_features=256,               # random features M
+            redraw_every=1000,              # redraw features every k training steps (0: never)
+            kernel="softmax",               # softmax (FAVOR+ positive features) | relu
+            chunk_size=DEFAULT_CHUNK_SIZE,  # causal prefix-sum chunk length
+        )
 
     def __init__(self, cfg, *, rngs: nnx.Rngs, layer_id: int | None = None):
         super().__init__(cfg, rngs=rngs)
         self.validate_config(cfg)
-        self.num_features = int(cfg.get("num_features", 256))
-        self.redraw_every = int(cfg.get("redraw_every", 1000))
-        self.kernel = str(cfg.get("performer_kernel", "softmax"))
-        self.chunk_size = int(cfg.get("performer_chunk_size", DEFAULT_CHUNK_SIZE))
+        p = cfg.performer
+        self.num_features = int(p.num_features)
+        self.redraw_every = int(p.redraw_every)
+        self.kernel = str(p.kernel)
+        self.chunk_size = int(p.chunk_size)
         self.layer_id = _next_layer_id(rngs) if layer_id is None else int(layer_id)
 
     def redraw_index(self, ctx: ForwardContext | None):
@@ -440,18 +451,18 @@ class PerformerAttention(MultiHeadAttention):
         Independent of seq_len except through L: that is the point.
         """
         N, K, H = cfg.n_heads, cfg.n_kv_heads, head_dim_of(cfg)
-        M, A = int(cfg.get("num_features", 256)), head_dim_of(cfg) + 1
+        M, A = int(cfg.performer.num_features), head_dim_of(cfg) + 1
         flops = 2 * M * H * (N + K) + 2 * M * A * (N + K)
         if cfg.causal:
-            L = min(int(cfg.get("performer_chunk_size", DEFAULT_CHUNK_SIZE)), seq_len)
+            L = min(int(cfg.performer.chunk_size), seq_len)
             flops += 2 * L * (M + A) * N
         return float(flops)
 
     @staticmethod
     def validate_config(cfg) -> None:
-        _positive_int(cfg, "num_features", 256)
-        _positive_int(cfg, "redraw_every", 1000, allow_zero=True)
-        _positive_int(cfg, "performer_chunk_size", DEFAULT_CHUNK_SIZE)
-        kernel = cfg.get("performer_kernel", "softmax")
-        if kernel not in KERNELS:
-            raise ValueError(f"model.performer_kernel={kernel!r} must be one of {list(KERNELS)}")
+        p = variant_settings(cfg, "performer", PerformerAttention.default_config())
+        _positive_int(p, "num_features")
+        _positive_int(p, "redraw_every", allow_zero=True)
+        _positive_int(p, "chunk_size")
+        if p.get("kernel") not in KERNELS:
+            raise ValueError(f"model.performer.kernel={p.get('kernel')!r} must be one of {list(KERNELS)}")

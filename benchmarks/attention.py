@@ -1,7 +1,7 @@
 """Attention cost against sequence length: dense vs Performer vs Longformer.
 
-    python -m benchmarks.attention --out experiments/results/attention_complexity
-    python -m benchmarks.attention --lengths 512,1024,2048 --repeats 2     # quick look
+    python -m benchmarks.attention        # writes experiments/results/attention_complexity/
+    python -m benchmarks.attention --lengths 512,1024,2048 --repeats 2 --out ''    # quick look, printed only
 
 For each attention layer (bidirectional, as in the ListOps encoder: width
 256, 4 heads of 64; Performer M=256 features; Longformer window W=256, one
@@ -42,12 +42,15 @@ from attention.registry import get_attention
 from experiments.configs.defaults import base_config
 
 TYPES = ("dense", "performer", "longformer")
+OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "results",
+                   "attention_complexity")
 
 
 def layer_config(kind: str):
     cfg = base_config().model
-    cfg.update(d_model=256, n_heads=4, n_kv_heads=4, d_ff=1024, n_layers=1, causal=False, attention=kind,
-               num_features=256, window=256, num_global=1, dilation=(1,), redraw_every=0)
+    cfg.update(d_model=256, n_heads=4, n_kv_heads=4, d_ff=1024, n_layers=1, causal=False, attention=kind)
+    cfg.performer.update(num_features=256, redraw_every=0)
+    cfg.longformer.update(window=256, num_global=1, dilation=(1,))
     return cfg
 
 
@@ -195,7 +198,7 @@ def main(argv=None) -> None:
     p.add_argument("--types", default=",".join(TYPES))
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--max-gib", type=float, default=12.0, help="skip configurations planning more memory")
-    p.add_argument("--out", default=None, help="folder for the JSON, markdown and PNG")
+    p.add_argument("--out", default=OUT, help="folder for the JSON, markdown and PNG ('' to only print)")
     p.add_argument("--no-kernel-smoke", action="store_true", help="skip the Pallas interpret-mode correctness smoke")
     a = p.parse_args(argv)
     lengths = [int(x) for x in a.lengths.split(",")]

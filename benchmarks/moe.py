@@ -48,7 +48,7 @@ def fwd_bwd(cfg, x_BTD):
 
     def loss(params, x):
         y, aux = nnx.merge(graphdef, params)(x)
-        return jnp.sum(jnp.sin(y)) + sum(v for k, v in aux.items() if k.endswith("_loss"))
+        return jnp.sum(jnp.sin(y)) + sum(aux.losses.values())
 
     fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
     return fn, (params, x_BTD)

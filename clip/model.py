@@ -167,7 +167,7 @@ class CLIPModel(nnx.Module):
         return l2_normalize(pooled_BD.astype(jnp.float32) @ self.text_proj_DZ[...]), aux
 
     def __call__(self, images_BIIY, tokens_BT, segment_ids_BT, *, ctx=None):
-        """(unit image embeddings [B, Z], unit text embeddings [B, Z], per-layer aux dicts)."""
+        """(unit image embeddings [B, Z], unit text embeddings [B, Z], one `LayerAux` per layer: image, then text)."""
         img_BZ, aux_i = self.encode_image(images_BIIY, ctx=ctx)
         txt_BZ, aux_t = self.encode_text(tokens_BT, segment_ids_BT, ctx=ctx)
         return img_BZ, txt_BZ, aux_i + aux_t
@@ -209,13 +209,17 @@ def clip_param_count(config) -> int:
     return n_img + n_txt + 1 + (c.loss == "sigmoid")
 
 
-def clip_train_flops_per_example(config) -> float:
+def clip_train_flops_per_example(config, text_len: int, micro_batch: int) -> float:
     """Training FLOPs per image-text pair: both towers, projections, and the B x B similarity
-    matrix (2 B Z per pair: each pair's row of it; the sharded loss does no extra matmul work)."""
+    matrix (2 B Z per pair: each pair's row of it; the sharded loss does no extra matmul work).
+
+    `text_len` is the caption length L and `micro_batch` the B of one loss evaluation (the
+    negatives); both come from the task's data and optimizer settings, which the model never reads.
+    """
     v, t, c = config.vision, config.model, config.clip
     Q, Z = v.patch_size ** 2 * v.channels, int(c.image_proj_dim)
-    P, L = vision_tokens(v), int(config.data.seq_len)
+    P, L = vision_tokens(v), int(text_len)
     img = 2 * (P - (v.pooling == "cls")) * Q * v.d_model + P * _blocks_flops_per_token(v, P) + 2 * v.d_model * Z
     txt = L * _blocks_flops_per_token(t, L) + 2 * t.d_model * Z
-    sim = 2 * (int(config.data.batch_size) // int(config.optim.accum_steps)) * Z  # negatives: the micro-batch
+    sim = 2 * int(micro_batch) * Z
     return 3.0 * (img + txt + sim)

@@ -11,6 +11,7 @@ from flax import nnx
 from attention.registry import get_attention
 from models.ffn import get_ffn
 from models.layers import RMSNorm
+from nn.layer_aux import LayerAux
 from sharding import axes as ax
 from sharding.axes import constrain
 
@@ -22,7 +23,7 @@ class TransformerBlock(nnx.Module):
         self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.ffn = get_ffn(ffn or cfg.ffn)(cfg, rngs=rngs)
 
-    def __call__(self, x_BTD: jax.Array, *, cache=None, ctx=None, **mask) -> tuple[jax.Array, object, dict]:
+    def __call__(self, x_BTD: jax.Array, *, cache=None, ctx=None, **mask) -> tuple[jax.Array, object, LayerAux]:
         y_BTD, cache = self.attn(self.attn_norm(x_BTD), cache=cache, ctx=ctx, **mask)
         x_BTD = constrain(x_BTD + y_BTD, (ax.BATCH, ax.LENGTH, ax.EMBED))
         y_BTD, aux = self.ffn(self.ffn_norm(x_BTD), ctx=ctx)

@@ -10,7 +10,16 @@ from nn.errors import ConfigError
 
 
 def default_model_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(
+    """The model fields, plus one sub-dict per variant with settings of its own.
+
+    Each attention variant declares its sub-dict beside its code, as a
+    `default_config()` static method (attention/performer.py ->
+    `model.performer.*`, attention/longformer.py -> `model.longformer.*`);
+    they are gathered here from the attention registry. The MoE FFN's
+    `model.moe.*` is spelled out below: the `moe` package sits above this
+    floor and registers itself only when imported.
+    """
+    c = ml_collections.ConfigDict(dict(
         vocab_size=256,
         d_model=128,
         n_layers=4,
@@ -32,15 +41,6 @@ def default_model_config() -> ml_collections.ConfigDict:
         init_std=0.02,
         num_classes=0,         # classifier head width (encoder only)
         pooling="cls",         # encoder pooling: cls | mean
-        # Performer (attention="performer")
-        num_features=256,      # random features M
-        redraw_every=1000,     # redraw features every k training steps (0: never)
-        performer_kernel="softmax",  # softmax (FAVOR+ positive features) | relu
-        performer_chunk_size=64,     # causal prefix-sum chunk length
-        # Longformer (attention="longformer")
-        window=256,            # sliding window W: W/2 each side, or W back when causal
-        num_global=0,          # the first G positions are global tokens
-        dilation=(1,),         # dilation rates: one for all heads, or one per head, e.g. (1, 1, 2, 2)
         # Mixture-of-Experts (ffn="moe"; see moe/layer.py)
         moe=ml_collections.ConfigDict(dict(
             num_experts=8,             # E
@@ -62,6 +62,12 @@ def default_model_config() -> ml_collections.ConfigDict:
             gmm_impl="blocked",        # dropless grouped matmul: blocked (XLA, fast on CPU) | ragged_dot | pallas
         )),
     ))
+    # Attention variants' own settings, model.<name>.* (read only when model.attention=<name>).
+    for name in ATTENTION_REGISTRY:
+        defaults = getattr(ATTENTION_REGISTRY[name], "default_config", None)
+        if defaults is not None:
+            c[name] = ml_collections.ConfigDict(defaults())
+    return c
 
 
 def _positive_int(cfg, field: str) -> int:

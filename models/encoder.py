@@ -20,7 +20,8 @@ class EncoderClassifier(nnx.Module):
 
     Padding is token-level: `segment_ids_BT` uses 0 for padding (and distinct
     ids for packed examples); `pooling="cls"` reads position 0, `"mean"`
-    averages non-padding positions.
+    averages non-padding positions. `__call__` returns (logits_BC, aux), aux
+    a list with one `nn.layer_aux.LayerAux` per layer.
     """
 
     def __init__(self, cfg, *, rngs: nnx.Rngs):

@@ -1,8 +1,8 @@
 """Feed-forward layers by config string (`model.ffn`).
 
-Every FFN returns `(y_BTD, aux)`, where `aux` is a flat dict of auxiliary
-losses and metrics (empty for the MLP; the MoE layer fills it), so the block
-treats all of them alike.
+Every FFN returns `(y_BTD, aux)`, where `aux` is an `nn.layer_aux.LayerAux`
+of auxiliary losses and metrics (empty for the MLP; the MoE layer fills it),
+so the block treats all of them alike.
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import jax
 from flax import nnx
 
 from nn.dtypes import dtype_of
+from nn.layer_aux import LayerAux
 from nn.linear import linear
 from nn.registry import Registry
 from sharding import axes as ax
@@ -46,7 +47,7 @@ class MLP(nnx.Module):
     def flops_per_token(cfg) -> float:
         return 2.0 * MLP.param_count(cfg)
 
-    def __call__(self, x_BTD: jax.Array, ctx=None) -> tuple[jax.Array, dict]:
+    def __call__(self, x_BTD: jax.Array, ctx=None) -> tuple[jax.Array, LayerAux]:
         x_BTD = x_BTD.astype(self.dtype)
         h_BTF = linear(x_BTD, self.wi_DF[...].astype(self.dtype))
         if self.activation == "swiglu":
@@ -55,4 +56,4 @@ class MLP(nnx.Module):
         else:
             h_BTF = jax.nn.gelu(h_BTF)
         h_BTF = constrain(h_BTF, (ax.BATCH, ax.LENGTH, ax.MLP))
-        return linear(h_BTF, self.wo_FD[...].astype(self.dtype)), {}
+        return linear(h_BTF, self.wo_FD[...].astype(self.dtype)), LayerAux.none()

@@ -16,8 +16,8 @@ from sharding.axes import constrain
 class DecoderLM(nnx.Module):
     """Token embedding -> n_layers pre-norm blocks (causal) -> RMSNorm -> logits.
 
-    `__call__` returns (logits_BTV in float32, caches, aux) where `aux` holds
-    one dict of auxiliary losses/metrics per layer (empty for dense FFNs).
+    `__call__` returns (logits_BTV in float32, caches, aux) where `aux` is a
+    list with one `nn.layer_aux.LayerAux` per layer (empty for dense FFNs).
     """
 
     def __init__(self, cfg, *, rngs: nnx.Rngs):

@@ -7,11 +7,12 @@ and combine (`moe.dispatch`, or `moe.parallel` when experts are sharded) ->
 health metrics. Which layers are MoE is `model.ffn_every` (1: all, 2: every
 other layer), as for any FFN type.
 
-Returns (y_BTD, aux) where aux holds, under `moe/`: the weighted losses
-`aux_loss` and `z_loss` (names ending in `_loss` are added to the objective
-by `tasks.base.collect_aux`), their raw values `balance` and `router_z`,
-and the health metrics `expert_fraction/e{i}`, `max_fraction`,
-`load_entropy`, `dropped_fraction`, `router_confidence`.
+Returns (y_BTD, aux), aux an `nn.layer_aux.LayerAux` with, under `moe/`:
+losses, the weighted terms `aux_loss` (balance_weight * balance) and
+`z_loss` (z_loss_weight * router_z) that the task adds to the objective;
+metrics, their raw values `balance` and `router_z` and the health metrics
+`max_fraction`, `load_entropy`, `dropped_fraction`, `router_confidence`;
+breakdown (training only), the load per expert `expert_fraction/e{i}`.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from nn.dtypes import dtype_of
+from nn.layer_aux import LayerAux
 from moe import dispatch as dsp
 from moe import health, losses, parallel, router
 from moe.gmm import blocked_gmm
@@ -173,7 +175,7 @@ class MoEFFN(nnx.Module):
             return blocked_gmm
         return jax.lax.ragged_dot
 
-    def __call__(self, x_BTD: jax.Array, ctx=None) -> tuple[jax.Array, dict]:
+    def __call__(self, x_BTD: jax.Array, ctx=None) -> tuple[jax.Array, LayerAux]:
         B, T, D = x_BTD.shape
         E, k = self.num_experts, self.k
         train = ctx is not None and ctx.train
@@ -226,16 +228,18 @@ class MoEFFN(nnx.Module):
         y_BTD = constrain(y_BTD, (ax.BATCH, ax.LENGTH, ax.EMBED))
         return y_BTD, self._aux(logits_BTE, probs_BTE, expert_BTK, kept)
 
-    def _aux(self, logits_BTE, probs_BTE, expert_BTK, kept) -> dict:
+    def _aux(self, logits_BTE, probs_BTE, expert_BTK, kept) -> LayerAux:
         E = self.num_experts
         balance = losses.BALANCE_LOSSES[self.balance_loss](probs_BTE, expert_BTK)
         z = losses.router_z_loss(logits_BTE)
         f_E = losses.route_fractions(expert_BTK, E)
         entropy = -jnp.sum(jnp.where(f_E > 0, f_E * jnp.log(jnp.where(f_E > 0, f_E, 1.0)), 0.0))
         w_balance, w_z = self.weights
-        aux = {
+        weighted = {
             "moe/aux_loss": w_balance * balance,
             "moe/z_loss": w_z * z,
+        }
+        metrics = {
             "moe/balance": balance,
             "moe/router_z": z,
             "moe/max_fraction": jnp.max(f_E),
@@ -243,6 +247,5 @@ class MoEFFN(nnx.Module):
             "moe/dropped_fraction": 1.0 - kept,
             "moe/router_confidence": jnp.mean(jnp.max(probs_BTE, axis=-1)),
         }
-        for i in range(E):
-            aux[f"moe/expert_fraction/e{i}"] = f_E[i]
-        return aux
+        per_expert = {f"moe/expert_fraction/e{i}": f_E[i] for i in range(E)}
+        return LayerAux(losses=weighted, metrics=metrics, breakdown=per_expert)

@@ -7,13 +7,14 @@ same way, registered in `tasks/__init__.py`.
 """
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from models import variants
+from nn.layer_aux import LayerAux
 
 
 class Task:
@@ -34,7 +35,7 @@ class Task:
     def loss(self, model, batch: Mapping[str, jax.Array], ctx) -> tuple[jax.Array, dict]:
         """Mean loss of a (micro)batch and a flat dict of scalar metrics.
 
-        `ctx` is an `attention.context.ForwardContext` (train flag, step, RNG)
+        `ctx` is an `nn.context.ForwardContext` (train flag, step, RNG)
         to hand to the model.
         """
         raise NotImplementedError
@@ -49,10 +50,6 @@ class Task:
         raise NotImplementedError
 
     def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
-        raise NotImplementedError
-
-    @property
-    def tokens_per_step(self) -> int:
         raise NotImplementedError
 
     # --- evaluation --------------------------------------------------------
@@ -72,24 +69,44 @@ class Task:
         """Pure-dict params after each optimizer update -> params (e.g. CLIP clamps its logit scale)."""
         return params
 
-    def param_count(self) -> int:
-        """Parameter count for the run summary; default: `models.flops` for `config.model`."""
-        from models.flops import param_count
+    # --- accounting: the run summary, throughput and study budgets -------------------------------
+    # Class methods of the config, so a study can size every run without building its task (which
+    # loads or generates data). A task overrides the `*_of` methods; the loop reads the instance forms.
+    @classmethod
+    def tokens_per_step_of(cls, config) -> int:
+        """What one optimizer step consumes, in the task's own unit; default: batch x seq_len tokens."""
+        return int(config.data.batch_size) * int(config.data.seq_len)
 
-        return param_count(self.config.model, self.flops_head)
-
-    def train_flops_per_token(self) -> float:
+    @classmethod
+    def train_flops_per_token_of(cls, config) -> float:
         """Training FLOPs per unit of `tokens_per_step`; default: `models.flops` for `config.model`."""
         from models.flops import train_flops_per_token
 
-        return train_flops_per_token(self.config.model, int(self.config.data.seq_len), self.flops_head)
+        return train_flops_per_token(config.model, int(config.data.seq_len), cls.flops_head)
+
+    @classmethod
+    def param_count_of(cls, config) -> int:
+        """Parameter count; default: `models.flops` for `config.model`."""
+        from models.flops import param_count
+
+        return param_count(config.model, cls.flops_head)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.tokens_per_step_of(self.config)
+
+    def train_flops_per_token(self) -> float:
+        return self.train_flops_per_token_of(self.config)
+
+    def param_count(self) -> int:
+        return self.param_count_of(self.config)
 
     # --- statistics carried across steps -------------------------------------
     def init_stats(self) -> dict:
         """Arrays the train state carries from step to step for metrics that need history.
 
         Default: whatever the model's layer variants declare (models/variants.py;
-        e.g. the MoE expert-load window), empty when none does.
+        e.g. a window of past per-layer statistics), empty when none does.
         """
         return variants.init_stats(self.config.model)
 
@@ -98,36 +115,50 @@ class Task:
         return variants.update_stats(stats, metrics, self.config.model)
 
 
-def collect_aux(aux_per_layer: list[dict]) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Folds per-layer auxiliary outputs into (extra loss, metrics).
+def _by_name(aux_per_layer: Sequence[LayerAux]) -> dict[str, tuple[str, list[tuple[int, jax.Array]]]]:
+    """{name: (LayerAux field, [(layer, value), ...])}, names sorted; a name must keep one field."""
+    out: dict[str, tuple[str, list]] = {}
+    for i, aux in enumerate(aux_per_layer):
+        for field in LayerAux._fields:
+            for name, value in getattr(aux, field).items():
+                kind, values = out.setdefault(name, (field, []))
+                if kind != field:
+                    raise ValueError(f"auxiliary output {name!r} is reported both in {kind} and in {field}")
+                values.append((i, value))
+    return dict(sorted(out.items()))
 
-    Each layer's dict maps namespaced names to scalars. Names ending in
-    `_loss` are already weighted loss terms: their mean over the layers that
-    report them is added to the objective. Every name is reported as a
-    metric averaged over layers and per layer (`name/layer_3`).
+
+def _layer_mean(values: list[tuple[int, jax.Array]]) -> jax.Array:
+    return sum(v for _, v in values) / len(values)
+
+
+def collect_aux(aux_per_layer: Sequence[LayerAux]) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Folds per-layer auxiliary outputs (one `nn.layer_aux.LayerAux` per layer) into (extra loss, metrics).
+
+    The mean of each `losses` entry over the layers that report it is added
+    to the objective. Every entry of every field is reported under its own
+    name, averaged over those layers, and per layer (`name/layer_3`).
     """
     extra = jnp.zeros((), jnp.float32)
     metrics: dict[str, jax.Array] = {}
-    names = sorted({k for a in aux_per_layer for k in a})
-    for name in names:
-        values = [(i, a[name]) for i, a in enumerate(aux_per_layer) if name in a]
-        mean = sum(v for _, v in values) / len(values)
+    for name, (field, values) in _by_name(aux_per_layer).items():
+        mean = _layer_mean(values)
         metrics[name] = mean
         for i, v in values:
             metrics[f"{name}/layer_{i}"] = v
-        if name.endswith("_loss"):
+        if field == "losses":
             extra = extra + mean
     return extra, metrics
 
 
-def aux_eval_sums(aux_per_layer: list[dict]) -> dict[str, jax.Array]:
-    """Layer-averaged auxiliary metrics of one eval batch, as sums for `aux_eval_metrics`.
+def aux_eval_sums(aux_per_layer: Sequence[LayerAux]) -> dict[str, jax.Array]:
+    """Layer-averaged auxiliary losses and metrics of one eval batch, as sums for `aux_eval_metrics`.
 
-    Per-layer and per-expert entries stay in the training metrics; evaluation
-    reports the layer means (e.g. `moe/load_entropy` on held-out data).
+    Per-layer entries and each layer's `breakdown` stay in the training
+    metrics; evaluation reports the layer means of `losses` and `metrics`.
     """
-    _, metrics = collect_aux(aux_per_layer)
-    out = {f"aux:{k}": v for k, v in metrics.items() if "/layer_" not in k and "/expert_fraction/" not in k}
+    out = {f"aux:{name}": _layer_mean(values)
+           for name, (field, values) in _by_name(aux_per_layer).items() if field != "breakdown"}
     if out:
         out["aux:batches"] = jnp.ones((), jnp.float32)
     return out

@@ -66,10 +66,6 @@ class ListOpsTask(Task):
         return {"inputs": (ax.BATCH, ax.LENGTH), "segment_ids": (ax.BATCH, ax.LENGTH),
                 "labels": (ax.BATCH,), "weights": (ax.BATCH,)}
 
-    @property
-    def tokens_per_step(self) -> int:
-        return int(self.config.data.batch_size) * int(self.config.data.seq_len)
-
     def _rows(self, split: listops.ListOpsSplit, idx_b: np.ndarray) -> dict[str, np.ndarray]:
         seq_len = int(self.config.data.seq_len)
         rows_bL = split.tokens[idx_b]  # uint8 [b, max_len + 1]

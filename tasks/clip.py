@@ -134,13 +134,23 @@ class CLIPTask(Task):
     def build_model(self, rngs):
         return CLIPModel(self.config, rngs=rngs)
 
-    # --- Task hooks for the loop's accounting and the clamp ----------------------
-    def param_count(self) -> int:
-        return clip_param_count(self.config)
+    # --- accounting (tasks/base.py): a "token" is an image-text pair -------------------------------
+    @classmethod
+    def tokens_per_step_of(cls, config) -> int:
+        return int(config.data.batch_size)
 
-    def train_flops_per_token(self) -> float:
-        return clip_train_flops_per_example(self.config)
+    @classmethod
+    def train_flops_per_token_of(cls, config) -> float:
+        """Both towers per pair; the similarity matrix spans one micro-batch (each pair's negatives)."""
+        d = config.data
+        return clip_train_flops_per_example(config, text_len=int(d.seq_len),
+                                            micro_batch=int(d.batch_size) // int(config.optim.accum_steps))
 
+    @classmethod
+    def param_count_of(cls, config) -> int:
+        return clip_param_count(config)
+
+    # --- the clamp -------------------------------------------------------------
     def post_update(self, params):
         return clamp_logit_scale(params, float(self.config.clip.logit_scale_max))
 
@@ -175,10 +185,6 @@ class CLIPTask(Task):
                 "segment_ids": (ax.BATCH, ax.LENGTH), "group": (ax.BATCH,), "weights": (ax.BATCH,)}
         axes.update({k: (ax.BATCH,) for k in self.val_zeroshot})
         return axes
-
-    @property
-    def tokens_per_step(self) -> int:
-        return int(self.config.data.batch_size)
 
     def _my_rows(self, n: int) -> slice:
         per = n // self.process_count

@@ -44,10 +44,6 @@ class LMTask(Task):
     def batch_axes(self):
         return {"inputs": (ax.BATCH, ax.LENGTH), "targets": (ax.BATCH, ax.LENGTH), "weights": (ax.BATCH, ax.LENGTH)}
 
-    @property
-    def tokens_per_step(self) -> int:
-        return int(self.config.data.batch_size) * int(self.config.data.seq_len)
-
     def train_batch(self, step):
         d = self.config.data
         return lm_train_batch(

@@ -38,13 +38,14 @@ Arguments (comma separated): `loss=softmax|sigmoid`; `batch=N`;
 """
 import ml_collections
 
+from clip.model import LOSSES
 from clip.tokenizer import VOCAB_SIZE
 from experiments.configs.defaults import apply_smoke, base_config, parse_arg
 from models.config import default_model_config
 
 
 def get_config(arg: str | None = None):
-    args = parse_arg(arg)
+    args = parse_arg(arg, smoke=False, loss=LOSSES, batch=64, image_size=32)
     c = base_config()
     c.task = "clip"
     # Text tower: the shared Transformer over byte tokens (causal, EOS pooling as in CLIP).
@@ -55,14 +56,14 @@ def get_config(arg: str | None = None):
     c.vision.update(d_model=32, n_layers=1, n_heads=2, n_kv_heads=2, d_ff=128, causal=False, rope=False,
                     tie_embeddings=False)
     c.vision.update(ml_collections.ConfigDict(dict(
-        image_size=32, patch_size=8, channels=3,
+        image_size=args.image_size, patch_size=args.image_size // 4, channels=3,   # 16 patches
         pos_emb="learned",   # learned | sincos (fixed 2-D)
         pooling="cls",       # cls | mean
     )))
     c.clip = ml_collections.ConfigDict(dict(
         image_proj_dim=32, text_proj_dim=32,
         text_pooling="eos",      # eos (causal text tower) | cls (bidirectional)
-        loss="softmax",          # softmax (CLIP) | sigmoid (SigLIP)
+        loss=args.loss,          # softmax (CLIP) | sigmoid (SigLIP)
         logit_scale_init=0.0,    # 0: 1/0.07 for softmax, 10 for sigmoid
         logit_scale_max=100.0,   # clamp after every update (open_clip)
         logit_bias_init=-10.0,   # sigmoid only
@@ -72,7 +73,7 @@ def get_config(arg: str | None = None):
         path="",                 # "": embedded shapes; else a folder / .jsonl / .csv of (image, caption)
         tokenizer="bytes",
         seq_len=40,              # single-object captions; the longest (51 bytes) lose their last words
-        batch_size=64,
+        batch_size=args.batch,
         eval_batch_size=768,     # the retrieval gallery: the whole validation set in one batch
         eval_batches=1,          # unused: evaluation covers the whole validation set
         generator_seed=0,        # the data set's seed (fixed across study seeds)
@@ -82,13 +83,7 @@ def get_config(arg: str | None = None):
     ))
     c.optim.update(learning_rate=2e-3, warmup_steps=30, weight_decay=0.1)
     c.train.update(num_steps=1000, log_every=50, eval_every=250, checkpoint_every=500)
-    if "loss" in args:
-        c.clip.loss = args["loss"]
-    if "batch" in args:
-        c.data.batch_size = int(args["batch"])
-    if args.get("image_size"):
-        c.vision.update(image_size=int(args["image_size"]), patch_size=int(args["image_size"]) // 4)
-    if args.get("smoke"):
+    if args.smoke:
         apply_smoke(c)
         c.vision.update(d_model=32, n_layers=1, n_heads=2, n_kv_heads=2, d_ff=64, patch_size=8)
         c.model.update(n_layers=1)

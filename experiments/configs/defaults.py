@@ -2,25 +2,84 @@
 
 Config files follow big_vision's convention: `get_config(arg)` takes the
 string after the colon in `--config path/to/file.py:arg`, e.g. `smoke` or
-`smoke,d_model=256`, so one file serves the CPU smoke run and the real run.
+`experts=16,k=1`, so one file serves the CPU smoke run and the real run.
+Study files (`get_study(arg)`) parse theirs the same way.
 """
 from __future__ import annotations
+
+import difflib
+import os
+import sys
 
 import ml_collections
 
 from models.config import default_model_config
+from nn.errors import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string"}
 
 
-def parse_arg(arg: str | None) -> dict[str, str | bool]:
-    """'smoke,size=S' -> {'smoke': True, 'size': 'S'}."""
-    out: dict[str, str | bool] = {}
+def parse_arg(arg: str | None, **spec) -> ml_collections.ConfigDict:
+    """Parses a config file's `:arg` against the arguments the file declares, as big_vision does.
+
+        args = parse_arg(arg, smoke=False, experts=8, dispatch=("dropless", "capacity"))
+        # arg "smoke,experts=16" -> args.smoke True, args.experts 16, args.dispatch "dropless"
+
+    Each keyword declares one argument; its default's type says how to parse it:
+    a bool is a flag (`smoke`, or `smoke=true|false`), an int, float or str
+    takes `key=value`, and a tuple lists the allowed values (its first item is
+    the default; repeats are dropped, so `("dense", *REGISTRY)` reads "dense,
+    or any registered name"). An unknown key or a bad value raises ConfigError
+    naming the calling file and its arg: a typo such as `:smoek` must stop
+    the launch, not silently start the full run.
+    """
+    # The file whose get_config/get_study called us, for the message (every caller passes its own arg).
+    caller = sys._getframe(1).f_globals.get("__file__", "<config>")
+    where = f"{_relative(caller)}:{arg or ''}"
+    values = {k: tuple(dict.fromkeys(d))[0] if isinstance(d, tuple) else d for k, d in spec.items()}
     for part in (arg or "").split(","):
-        part = part.strip()
-        if not part:
+        key, has_value, value = (s.strip() for s in part.partition("="))
+        if not key and not has_value:
             continue
-        key, sep, value = part.partition("=")
-        out[key.strip()] = value.strip() if sep else True
-    return out
+        if key not in spec:
+            close = difflib.get_close_matches(key, list(spec), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            known = ", ".join(spec) or "none"
+            raise ConfigError(f"{where}: unknown argument {key!r}{hint} (this file takes: {known})")
+        values[key] = _parse_value(key, value, bool(has_value), spec[key], where)
+    return ml_collections.ConfigDict(values)
+
+
+def _parse_value(key: str, value: str, has_value: bool, default, where: str):
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(f"{where}: {key}={value!r} must be {expected}")
+
+    if isinstance(default, bool):
+        if not has_value or value.lower() in ("true", "1"):
+            return True
+        if value.lower() in ("false", "0"):
+            return False
+        raise bad("a boolean (the bare flag, true or false)")
+    if not has_value:
+        raise ConfigError(f"{where}: argument {key!r} needs a value ({key}=...)")
+    if isinstance(default, tuple):
+        choices = list(dict.fromkeys(default))
+        for c in choices:
+            if str(c) == value:
+                return c
+        raise bad(f"one of {choices}")
+    if type(default) not in _TYPE_NAMES:
+        raise TypeError(f"parse_arg: {key}={default!r}: defaults must be bool, int, float, str or a tuple of choices")
+    try:
+        return type(default)(value)
+    except ValueError:
+        raise bad(_TYPE_NAMES[type(default)]) from None
+
+
+def _relative(path: str) -> str:
+    path = os.path.abspath(path)
+    return os.path.relpath(path, ROOT) if path.startswith(ROOT + os.sep) else path
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -47,6 +106,7 @@ def base_config() -> ml_collections.ConfigDict:
         async_checkpointing=True, tensorboard=True,
         nan_policy="raise",  # raise | skip: a non-finite loss/gradient stops the run or drops that update
         debug_nan_step=0, debug_nan_param="",  # test-only: NaN into one gradient at one step (nan_guard.py)
+        init_from="",        # "<workdir>[:step]": a new run starts from that run's parameters (not its optimizer)
     ))
     c.sample = ml_collections.ConfigDict(dict(prompt="The ", num_tokens=64, temperature=0.8, top_k=0))
     c.mesh = ml_collections.ConfigDict(dict(
@@ -62,5 +122,7 @@ def apply_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.data.update(seq_len=32, batch_size=8, eval_batches=2)
     c.optim.update(warmup_steps=2)
     c.train.update(num_steps=6, log_every=2, eval_every=3, checkpoint_every=3)
-    c.sample.update(num_tokens=8)
+    # No text sample at evaluation, so a smoke run never compiles the sampler (the tests keep
+    # one run that samples on purpose).
+    c.sample.update(num_tokens=0)
     return c

@@ -23,25 +23,22 @@ machine is faster. 800 x 16 examples is under one epoch, far less than LRA's
 5K x 32, so treat it as a check that the pipeline learns (above the
 majority-class accuracy of about 17%), not as a reproduction.
 
-Arguments (comma separated): `variant=dense|performer|longformer` picks
-model.attention; `full` the LRA setting; `smoke` shrinks everything to seconds.
+Arguments (comma separated): `variant=NAME` picks model.attention, any type in
+attention/registry.py (default dense); `full` the LRA setting; `smoke` shrinks everything to seconds.
 `data.eval_batches` does not apply: evaluation always covers the whole
 validation set. The data set depends only on `data.generator_seed` and the
 data fields, so `seed` varies initialisation and batch order on fixed data.
 """
 import ml_collections
 
+from attention.registry import ATTENTION_REGISTRY
 from data import listops
 from experiments.configs.defaults import apply_smoke, base_config, parse_arg
 
-VARIANTS = ("dense", "performer", "longformer")
-
 
 def get_config(arg: str | None = None):
-    args = parse_arg(arg)
-    variant = args.get("variant", "dense")
-    if variant not in VARIANTS:
-        raise ValueError(f"variant={variant!r} must be one of {list(VARIANTS)}")
+    # Any registered attention type; dense by default.
+    args = parse_arg(arg, smoke=False, full=False, variant=("dense", *ATTENTION_REGISTRY))
     c = base_config()
     c.task = "listops"
     c.data.update(dict(
@@ -57,22 +54,27 @@ def get_config(arg: str | None = None):
     c.model.update(
         vocab_size=listops.VOCAB_SIZE, num_classes=listops.NUM_CLASSES, causal=False, pooling="cls",
         d_model=128, n_layers=2, n_heads=4, n_kv_heads=4, d_ff=256, activation="gelu",
-        attention=variant,
-        num_features=128,    # performer: random features M
-        window=128,          # longformer: W/2 each side
-        num_global=1,        # longformer: the CLS token attends and is attended globally
+        attention=args.variant,
+    )
+    c.model.performer.num_features = 128  # random features M
+    c.model.longformer.update(
+        window=128,          # W/2 each side
+        num_global=1,        # the CLS token attends and is attended globally
     )
     c.optim.update(learning_rate=1e-3, warmup_steps=80, weight_decay=0.1)
     c.train.update(num_steps=800, log_every=50, eval_every=400, checkpoint_every=400)
-    if args.get("full"):
+    if args.full:
         c.data.update(seq_len=2048, batch_size=32, num_train=96_000, num_val=2_000, min_len=500, max_len=2000)
-        c.model.update(d_model=512, n_layers=4, n_heads=8, n_kv_heads=8, d_ff=2048, num_features=256, window=256)
+        c.model.update(d_model=512, n_layers=4, n_heads=8, n_kv_heads=8, d_ff=2048)
+        c.model.performer.num_features = 256
+        c.model.longformer.window = 256
         c.optim.update(learning_rate=5e-4, warmup_steps=1000)
         c.train.update(num_steps=5000, eval_every=500, checkpoint_every=1000)
-    if args.get("smoke"):
+    if args.smoke:
         apply_smoke(c)
         c.data.update(seq_len=32, batch_size=8, eval_batch_size=8, num_train=256, num_val=20, min_len=8, max_len=31)
-        c.model.update(num_features=16, window=8)
+        c.model.performer.num_features = 16
+        c.model.longformer.window = 8
     # LM-only fields: no text samples for a classifier, no corpus file.
     del c.sample, c.data.path, c.data.val_fraction
     return c

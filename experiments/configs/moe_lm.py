@@ -14,20 +14,20 @@ metrics.jsonl and TensorBoard; evaluation reports the layer means on
 held-out text (`eval/moe/load_entropy`, `eval/moe/max_fraction`, ...).
 """
 from experiments.configs.defaults import apply_smoke, base_config, parse_arg
+from moe.layer import DISPATCH_MODES, ROUTERS
 
 
 def get_config(arg: str | None = None):
-    args = parse_arg(arg)
+    args = parse_arg(arg, smoke=False, experts=8, k=2, every=1, dispatch=("dropless", *DISPATCH_MODES),
+                     router=ROUTERS)
     c = base_config()
     c.model.update(d_model=128, n_layers=4, n_heads=4, n_kv_heads=4, d_ff=512, activation="gelu",
-                   ffn="moe", ffn_every=int(args.get("every", 1)))
-    c.model.moe.update(num_experts=int(args.get("experts", 8)), top_k=int(args.get("k", 2)), d_ff=256,
-                       dispatch=str(args.get("dispatch", "dropless")),
-                       router=str(args.get("router", "token_choice")))
+                   ffn="moe", ffn_every=args.every)
+    c.model.moe.update(num_experts=args.experts, top_k=args.k, d_ff=256, dispatch=args.dispatch, router=args.router)
     c.data.update(seq_len=128, batch_size=32)
     c.optim.update(learning_rate=3e-3, warmup_steps=100)
     c.train.update(num_steps=600, log_every=50, eval_every=100, checkpoint_every=200)
-    if args.get("smoke"):
+    if args.smoke:
         apply_smoke(c)
         c.model.moe.update(num_experts=4, d_ff=32)
     return c

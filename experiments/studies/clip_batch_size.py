@@ -6,8 +6,8 @@
 
 The claim tested: contrastive learning improves with batch size because each
 example meets more negatives (B - 1 per row of the logits). Every run sees
-the same number of image-text pairs (budget mode "tokens" = pairs x
-data.seq_len, seq_len fixed), so a batch of 256 takes 8x fewer optimizer
+the same number of image-text pairs (budget mode "tokens": the CLIP task
+counts a pair as its token, tasks/clip.py), so a batch of 256 takes 8x fewer optimizer
 steps than a batch of 32 at the same learning rate and schedule shape
 (warmup 10% of each run's steps): the comparison is "more negatives per
 step vs more steps", the trade-off a fixed data budget forces. It is a
@@ -49,7 +49,7 @@ TABLE_METRICS = ("eval/zeroshot_shape_heldout_top1_accuracy", "eval/zeroshot_obj
 
 
 def get_study(arg=None) -> Study:
-    args = parse_arg(arg)
+    args = parse_arg(arg, smoke=False)
     seq_len = 40  # the longest single-object captions (51 bytes) lose their last words
     study = Study(
         name="clip_batch_size",
@@ -57,19 +57,19 @@ def get_study(arg=None) -> Study:
         grid=[{"data.batch_size": b, "clip.loss": loss} for loss in LOSSES for b in BATCHES],
         names=[f"{loss}_b{b}" for loss in LOSSES for b in BATCHES],
         seeds=[0, 1, 2],
-        budget={"mode": "tokens", "value": PAIRS_PER_RUN * seq_len},
+        budget={"mode": "tokens", "value": PAIRS_PER_RUN},  # pairs: the CLIP task's unit
         metrics=("eval/zeroshot_shape_heldout_error",) + TABLE_METRICS,
         baseline="softmax_b32",
         overrides={"train.tensorboard": False, "data.seq_len": seq_len, **TINY},
         evals_per_run=1,
     )
-    if args.get("smoke"):
+    if args.smoke:
         study.config = "experiments/configs/clip_shapes.py:smoke"
         study.grid = [{"data.batch_size": 8, "clip.loss": "softmax"}, {"data.batch_size": 16, "clip.loss": "sigmoid"}]
         study.names = ["softmax_b8", "sigmoid_b16"]
         study.baseline = "softmax_b8"
         study.seeds = [0, 1]
-        study.budget = {"mode": "tokens", "value": 32 * 48}
+        study.budget = {"mode": "tokens", "value": 32}
         study.overrides = {"train.tensorboard": False, "data.seq_len": 48}
     return study
 

@@ -18,7 +18,7 @@ VARIANTS = ("dense", "performer", "longformer")
 
 
 def get_study(arg=None) -> Study:
-    args = parse_arg(arg)
+    args = parse_arg(arg, smoke=False)
     study = Study(
         name="listops",
         config="experiments/configs/listops.py",
@@ -31,9 +31,9 @@ def get_study(arg=None) -> Study:
         overrides={"train.tensorboard": False},
         evals_per_run=2,
     )
-    if args.get("smoke"):
+    if args.smoke:
         study.config = "experiments/configs/listops.py:smoke"
         study.seeds = [0, 1]
         study.budget = {"mode": "steps", "value": 4}
-        study.overrides.update({"model.window": 8, "model.num_features": 16})
+        study.overrides.update({"model.longformer.window": 8, "model.performer.num_features": 16})
     return study

@@ -25,7 +25,7 @@ def size_overrides(d: int, layers: int, heads: int) -> dict:
 
 
 def get_study(arg=None) -> Study:
-    args = parse_arg(arg)
+    args = parse_arg(arg, smoke=False)
     study = Study(
         name="lm_scaling",
         config="experiments/configs/lm_tiny.py",
@@ -38,7 +38,7 @@ def get_study(arg=None) -> Study:
         overrides={"train.tensorboard": False, "sample.num_tokens": 0, "data.eval_batches": 8},
         evals_per_run=10,
     )
-    if args.get("smoke"):
+    if args.smoke:
         study.grid = [size_overrides(16, 1, 1), size_overrides(32, 1, 1), size_overrides(48, 2, 2)]
         study.names = ["d16L1", "d32L1", "d48L2"]
         study.baseline = "d32L1"

@@ -37,8 +37,8 @@ STEPS = 400
 
 
 def get_study(arg=None) -> Study:
-    args = parse_arg(arg)
-    steps = 4 if args.get("smoke") else STEPS
+    args = parse_arg(arg, smoke=False)
+    steps = 4 if args.smoke else STEPS
     grid = [dict(v) for v in ARMS.values()]
     for g in grid:
         if g.get("model.moe.noise") == "gaussian":
@@ -57,7 +57,7 @@ def get_study(arg=None) -> Study:
                    "model.d_ff": 256, "model.moe.d_ff": 128, "data.seq_len": 64, "data.batch_size": 16},
         evals_per_run=8,
     )
-    if args.get("smoke"):
+    if args.smoke:
         study.config = "experiments/configs/moe_lm.py:smoke"
         study.seeds = [0, 1]
         study.overrides = {"train.tensorboard": False, "sample.num_tokens": 0}

@@ -31,7 +31,7 @@ ARMS = {
 
 
 def get_study(arg=None) -> Study:
-    args = parse_arg(arg)
+    args = parse_arg(arg, smoke=False)
     study = Study(
         name="moe_vs_dense",
         config=f"experiments/configs/moe_lm.py:experts={E},k=2,dispatch=dropless",
@@ -46,7 +46,7 @@ def get_study(arg=None) -> Study:
                    "model.moe.d_ff": F_EXPERT, "data.seq_len": 128, "data.batch_size": 16},
         evals_per_run=8,
     )
-    if args.get("smoke"):
+    if args.smoke:
         study.config = "experiments/configs/moe_lm.py:smoke"
         study.seeds = [0, 1]
         study.grid = [{"model.ffn": "moe", "model.d_ff": 64}, {"model.ffn": "mlp", "model.d_ff": 64},

@@ -52,6 +52,7 @@ from experiments.study.plots import (_save, plot_curves, plot_metric_vs_compute,
 from experiments.study.results import load_results
 from experiments.study.fits import COMPUTE_TOL_DECADES, _distinct_compute, _frontier, _g, _num, _param_fit, _si
 from nn.errors import ReportError
+from trainer.metrics import higher_is_better
 
 __all__ = ["ReportError", "analyze", "render_markdown", "plot_metric_vs_compute", "plot_metric_vs_params",
            "plot_curves", "write_report", "main"]
@@ -306,12 +307,6 @@ def _pm(mean: float, half: float) -> tuple[str, str]:
         return f"{mean:.4f}", f"{half:.2g}" if math.isfinite(half) else "n/a"
     dec = max(2, 1 - math.floor(math.log10(half)))
     return f"{mean:.{dec}f}", f"{half:.{dec}f}"
-
-
-def higher_is_better(metric: str) -> bool:
-    """Accuracies, recalls and entropies improve upwards; losses, bpb and fractions downwards."""
-    last = metric.rsplit("/", 1)[-1]
-    return last.endswith(("accuracy", "entropy")) or last.startswith(("recall", "r@", "top"))
 
 
 def _unit(metric: str) -> str:
