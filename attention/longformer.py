@@ -1,6 +1,6 @@
 """Longformer attention (Beltagy et al. 2020): dilated sliding window + global tokens.
 
-Window semantics (W = `model.window`, d = the head's dilation rate, in token
+Window semantics (W = `model.longformer.window`, d = the head's dilation rate, in token
 indices of the row; Sec. 3.1 "Sliding Window" / "Dilated Sliding Window"):
 - non-causal: query i sees key j iff (i - j) % d == 0 and |i - j| <= d * W/2
   (W/2 dilated steps each side, W + 1 keys; W must be even);
@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from attention.base import MultiHeadAttention, head_dim_of
+from attention.base import MultiHeadAttention, head_dim_of, variant_settings
 from attention import flash
 from attention.flash import resolve_impl, window_attention_pallas
 from attention.kv_cache import KVCache
@@ -374,12 +374,12 @@ def longformer_cached_attention(q_BTNH, k_BSKH, v_BSKH, *, q_positions_BT, kv_le
 
 
 def dilation_per_head(cfg) -> tuple[int, ...]:
-    """`model.dilation` as one rate per query head.
+    """`model.longformer.dilation` as one rate per query head.
 
     A single rate (an int, or a 1-tuple such as the default `(1,)`) applies to
     all heads; "1,2" is accepted too.
     """
-    d = cfg.dilation
+    d = cfg.longformer.dilation
     if isinstance(d, str):
         d = tuple(int(x) for x in d.split(",") if x.strip())
     if isinstance(d, int):
@@ -394,11 +394,20 @@ class LongformerAttention(MultiHeadAttention):
 
     supports_pallas = True  # model.attention_impl="pallas" runs the flash kernel (attention/flash.py)
 
+    @staticmethod
+    def default_config() -> dict:
+        """`model.longformer.*`, gathered into the model config by models/config.py."""
+        return dict(
+            window=256,     # sliding window W: W/2 each side, or W back when causal
+            num_global=0,   # the first G positions are global tokens
+            dilation=(1,),  # dilation rates: one for all heads, or one per head, e.g. (1, 1, 2, 2)
+        )
+
     def __init__(self, cfg, *, rngs: nnx.Rngs):
         self.validate_config(cfg)
         super().__init__(cfg, rngs=rngs)
-        self.window = int(cfg.window)
-        self.num_global = int(cfg.num_global)
+        self.window = int(cfg.longformer.window)
+        self.num_global = int(cfg.longformer.num_global)
         self.dilation_N = dilation_per_head(cfg)
         if self.num_global:
             # Separate projections for global attention (Sec. 3.1, "Linear Projections for Global Attention").
@@ -411,7 +420,7 @@ class LongformerAttention(MultiHeadAttention):
     @staticmethod
     def param_count(cfg) -> int:
         base = MultiHeadAttention.param_count(cfg)
-        if not cfg.num_global:
+        if not cfg.longformer.num_global:
             return base
         return base + cfg.d_model * head_dim_of(cfg) * (cfg.n_heads + 2 * cfg.n_kv_heads)
 
@@ -420,31 +429,43 @@ class LongformerAttention(MultiHeadAttention):
         """Forward FLOPs per query token as computed: J blocked keys (masked ones included) + A global keys
         per head, plus the A global query rows over all T keys amortized over the T tokens."""
         H, N = head_dim_of(cfg), cfg.n_heads
-        A = min(int(cfg.num_global), seq_len)
+        A, W = min(int(cfg.longformer.num_global), seq_len), int(cfg.longformer.window)
         total = 0.0
         for rate in dilation_per_head(cfg):
-            L, U, back, ahead = block_geometry(int(cfg.window), bool(cfg.causal), -(-seq_len // rate))
+            L, U, back, ahead = block_geometry(W, bool(cfg.causal), -(-seq_len // rate))
             total += 4.0 * H * ((back + ahead + 1) * L + A)
         return total + 4.0 * N * H * A
 
     @staticmethod
     def validate_config(cfg) -> None:
-        w = cfg.get("window")
+        lf = variant_settings(cfg, "longformer", LongformerAttention.default_config())
+        w = lf.get("window")
         if not isinstance(w, int) or isinstance(w, bool) or w <= 0 or (not cfg.causal and w % 2):
             need = "a positive integer" if cfg.causal else "a positive even integer (W/2 keys each side)"
-            raise ValueError(f"model.window={w!r} must be {need}")
-        g = cfg.get("num_global")
+            raise ValueError(f"model.longformer.window={w!r} must be {need}")
+        g = lf.get("num_global")
         if not isinstance(g, int) or isinstance(g, bool) or g < 0:
-            raise ValueError(f"model.num_global={g!r} must be a non-negative integer")
-        d = cfg.get("dilation")
+            raise ValueError(f"model.longformer.num_global={g!r} must be a non-negative integer")
+        d = lf.get("dilation")
         try:
             rates = dilation_per_head(cfg)
         except (TypeError, ValueError):
-            raise ValueError(f"model.dilation={d!r} must be an int or one int per head") from None
+            raise ValueError(f"model.longformer.dilation={d!r} must be an int or one int per head") from None
         if len(rates) != cfg.n_heads:
-            raise ValueError(f"model.dilation={d!r} must have one rate per head (model.n_heads={cfg.n_heads})")
+            raise ValueError(f"model.longformer.dilation={d!r} must have one rate per head "
+                             f"(model.n_heads={cfg.n_heads})")
         if any(not isinstance(r, int) or isinstance(r, bool) or r < 1 for r in rates):
-            raise ValueError(f"model.dilation={d!r} must hold integers >= 1")
+            raise ValueError(f"model.longformer.dilation={d!r} must hold integers >= 1")
+
+    @staticmethod
+    def seq_len_note(cfg, seq_len: int) -> str | None:
+        """A window that covers every sequence is allowed (the result is exact) but costs more than dense."""
+        lf = variant_settings(cfg, "longformer", LongformerAttention.default_config())
+        reach = sum(band(lf["window"], cfg.causal)) * max(dilation_per_head(cfg))
+        if reach >= seq_len:
+            return (f"model.longformer.window={lf['window']} reaches every position of data.seq_len={seq_len}: "
+                    f"this is dense attention at Longformer's cost (choose a window below the sequence length)")
+        return None
 
     def core(self, q_BTNH, k_BSKH, v_BSKH, *, ctx=None, causal, q_segment_ids_BT=None, kv_segment_ids_BS=None,
              kv_lengths_B=None, global_inputs=None, **unused_positions):
@@ -473,7 +494,8 @@ class LongformerAttention(MultiHeadAttention):
             glob = {}
             if self.num_global:
                 if not isinstance(cache, GlobalKVCache):
-                    raise TypeError("longformer attention with model.num_global > 0 needs the cache from init_cache()")
+                    raise TypeError("longformer attention with model.longformer.num_global > 0 needs the cache "
+                                    "from init_cache()")
                 qg_BTNH, kg_BTKH, vg_BTKH = self._global_projections(x_BTD, positions_BT)
                 new_cache = cache.write_global(k_BTKH, v_BTKH, kg_BTKH, vg_BTKH)
                 glob = dict(num_global=self.num_global, qg_BTNH=qg_BTNH, kg_BSKH=new_cache.kg_BSKH,

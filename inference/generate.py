@@ -26,13 +26,13 @@ from inference.scheduler import Engine, Request
 from models.decode import check_prompts, generate, pad_prompts
 from models.sampling import SamplingParams
 from nn.errors import InferenceError, InputError
-from trainer import loop
+from trainer import restore
 
 
 def load_model(workdir: str, step: int | None = None):
     """(model, config) from `workdir`'s checkpoint; InferenceError when there is none."""
     try:
-        model, config, _ = loop.restore_model(workdir, step)
+        model, config, _ = restore.restore_model(workdir, step)
     except InputError as e:
         raise InferenceError(str(e)) from None
     if config.task != "lm":
@@ -96,6 +96,9 @@ def main(argv=None) -> int:
     p.add_argument("--pool_tokens", type=int, default=0, help="paged KV pool size (default: max_batch x context)")
     args = p.parse_args(argv)
     try:
+        for flag, low in (("block_size", 1), ("max_batch", 1), ("pool_tokens", 0), ("max_new_tokens", 1)):
+            if getattr(args, flag) < low:
+                raise InferenceError(f"--{flag}={getattr(args, flag)} must be >= {low}")
         sampling = SamplingParams(args.temperature, args.top_k, args.top_p)
         stop = tuple(encode(args.stop))
         if any(len(encode(c)) != 1 for c in args.stop):
@@ -103,6 +106,10 @@ def main(argv=None) -> int:
         model, config = load_model(args.workdir, args.step)
         context = int(config.data.seq_len)
         prompts = [encode(t) for t in args.prompt]
+        room = context - max(len(x) for x in prompts)
+        if args.max_new_tokens > room > 0:
+            print(f"note: --max_new_tokens={args.max_new_tokens} does not fit the model context of {context} tokens; "
+                  f"the longest prompt stops after {room} new tokens", file=sys.stderr)
         kw = dict(context=context, max_new_tokens=args.max_new_tokens, sampling=sampling, stop_tokens=stop, seed=args.seed)
         if args.paged:
             outs = sample_paged(model, prompts, block_size=args.block_size, max_batch=args.max_batch,

@@ -40,6 +40,8 @@ def paged_decode_attention_ref(q_BNH: jax.Array, k_pool_PbKH: jax.Array, v_pool_
     logits_BKGS = jnp.where(valid_BS[:, None, None, :], logits_BKGS, -1e30)
     weights_BKGS = jax.nn.softmax(logits_BKGS, axis=-1).astype(v_BSKH.dtype)
     out_BKGH = jnp.einsum("BKGS,BSKH->BKGH", weights_BKGS, v_BSKH)
+    # A row with no cached position attends to nothing: zeros (as the kernel), not a mean of unused blocks.
+    out_BKGH = out_BKGH * (lengths_B > 0)[:, None, None, None].astype(out_BKGH.dtype)
     return out_BKGH.reshape(B, N, H).astype(q_BNH.dtype)
 
 
@@ -87,7 +89,11 @@ def paged_decode_attention_blocked(q_BNH: jax.Array, k_pool_PbKH: jax.Array, v_p
             jnp.zeros((B, K, G, H), jnp.float32))
     used = jnp.minimum(-(-jnp.max(lengths_B) // (C * bs)), n_chunks)
     _, l_BKG, acc_BKGH = jax.lax.fori_loop(0, used, body, init)
-    return (acc_BKGH / l_BKG[..., None]).reshape(B, N, H).astype(q_BNH.dtype)
+    # Rows of length 0 saw only masked scores (or no chunk at all): zeros, as the reference and the kernel.
+    empty_B = lengths_B <= 0
+    l_BKG = jnp.where(empty_B[:, None, None], 1.0, l_BKG)
+    out_BKGH = jnp.where(empty_B[:, None, None, None], 0.0, acc_BKGH / l_BKG[..., None])
+    return out_BKGH.reshape(B, N, H).astype(q_BNH.dtype)
 
 
 def _pallas(q_BNH, k_pool_PbKH, v_pool_PbKH, block_tables_BL, lengths_B):

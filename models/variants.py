@@ -6,6 +6,9 @@ An attention or FFN class (registered in `attention.registry` or
 - `validate_config(cfg)`: raise ValueError naming its first bad field;
 - `validate_mesh(cfg, mesh_shape)`: raise ValueError when the mesh cannot
   hold it (e.g. experts that do not divide over the `expert` axis);
+- `seq_len_note(cfg, seq_len)`: a one-line warning (or None) about a setting
+  that is valid but probably not what the user meant at that length (a
+  Longformer window covering the whole sequence);
 - `init_stats(cfg)` and `update_stats(stats, metrics, cfg)`: arrays carried
   in the train state from step to step, for metrics that need history (the
   MoE layer's expert-load window behind its dead-expert count). Updated
@@ -38,6 +41,17 @@ def validate_mesh(cfg, mesh_shape: Mapping[str, int]) -> None:
         check = getattr(cls, "validate_mesh", None)
         if check is not None:
             check(cfg, dict(mesh_shape))
+
+
+def seq_len_notes(cfg, seq_len: int) -> list[str]:
+    """Each variant's warnings about this sequence length (logged, not raised)."""
+    notes = []
+    for cls in layer_classes(cfg).values():
+        note = getattr(cls, "seq_len_note", None)
+        text = note(cfg, int(seq_len)) if note is not None else None
+        if text:
+            notes.append(text)
+    return notes
 
 
 def init_stats(cfg) -> dict:

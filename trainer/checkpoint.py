@@ -17,6 +17,13 @@ previous checkpoint intact and the next launch restores it; the unfinished
 temporary folder is removed when the next launch opens the manager.
 `tests/test_fault_tolerance.py` kills a real process during an async save to
 check exactly this.
+
+Damaged checkpoints. A finalized checkpoint can still be damaged afterwards
+(a truncated array file, lost metadata, a partial copy between machines).
+`restore_newest` then says so in one line, moves the damaged folder aside
+as `checkpoints/<step>.damaged` (never deleting it) and falls back to the
+newest checkpoint that restores, so a user never has to delete folders by
+hand; a checkpoint of another config is still an error, not damage.
 """
 from __future__ import annotations
 
@@ -24,16 +31,21 @@ import json
 import os
 from typing import Any
 
+import logging
+from typing import Callable
+
 import jax
 import orbax.checkpoint as ocp
+
 from nn.errors import CheckpointMismatchError
+
+log = logging.getLogger("train")
 
 # Config sections that define what a run is: a checkpoint written under
 # different values cannot be continued. `train.*`, `optim.*`, `mesh.*` and
 # `sample.*` may change between launches (longer runs, new mesh).
 IDENTITY_FIELDS = ("task", "seed", "model", "data")
 _DATA_FREE = ("eval_batches", "eval_batch_size")
-
 
 
 def _name(path) -> str:
@@ -55,9 +67,9 @@ def unflatten(template: Any, flat: dict[str, Any]) -> Any:
     return jax.tree_util.tree_unflatten(treedef, [flat[_name(p)] for p, _ in paths])
 
 
-def _identity(cfg_dict: dict) -> dict[str, Any]:
+def _identity(cfg_dict: dict, fields=IDENTITY_FIELDS) -> dict[str, Any]:
     out = {}
-    for section in IDENTITY_FIELDS:
+    for section in fields:
         value = cfg_dict.get(section)
         if isinstance(value, dict):
             for k, v in sorted(value.items()):
@@ -69,8 +81,9 @@ def _identity(cfg_dict: dict) -> dict[str, Any]:
     return out
 
 
-def check_compatible(saved_cfg: dict, current_cfg: dict, workdir: str) -> None:
-    saved, current = _identity(saved_cfg), _identity(current_cfg)
+def check_compatible(saved_cfg: dict, current_cfg: dict, workdir: str, fields=IDENTITY_FIELDS) -> None:
+    """CheckpointMismatchError naming the first identity field (of `fields`' sections) that differs."""
+    saved, current = _identity(saved_cfg, fields), _identity(current_cfg, fields)
     for field in sorted(set(saved) | set(current)):
         if saved.get(field) != current.get(field):
             raise CheckpointMismatchError(
@@ -116,6 +129,49 @@ class Checkpointer:
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(flatten(abstract_state)))
         )
         return unflatten(abstract_state, restored["state"])
+
+    def quarantine(self, step: int) -> str:
+        """Renames checkpoint `step` to `<step>.damaged` (or `.damaged-<n>`) on process 0; returns the new path."""
+        src = os.path.join(self.directory, str(step))
+        dst, n = f"{src}.damaged", 1
+        while os.path.exists(dst):
+            dst, n = f"{src}.damaged-{n}", n + 1
+        if jax.process_index() == 0 and os.path.exists(src):
+            os.replace(src, dst)
+        self.manager.reload()
+        return dst
+
+    def restore_newest(self, abstract_state: Any, check_meta: Callable[[dict], None]) -> tuple[int | None, Any, dict]:
+        """(step, state, meta) of the newest checkpoint that restores; (None, None, {}) when none does.
+
+        `check_meta(meta)` may raise (e.g. CheckpointMismatchError): that is
+        the user's input, not damage, and propagates. Any other failure to
+        read a checkpoint moves it aside and tries the one before.
+        """
+        for step in reversed(self.all_steps()):
+            try:
+                meta = self.read_meta(step)
+                if not isinstance(meta.get("config"), dict):
+                    raise ValueError("its metadata holds no config")
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as e:  # noqa: BLE001 (any read failure of a checkpoint is damage)
+                self._report_damage(step, e)
+                continue
+            check_meta(meta)
+            try:
+                return step, self.restore(step, abstract_state), meta
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as e:  # noqa: BLE001
+                self._report_damage(step, e)
+        return None, None, {}
+
+    def _report_damage(self, step: int, error: Exception) -> None:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        moved = self.quarantine(step)
+        log.warning("checkpoint at step %d cannot be restored (%s: %s); moved aside to %s, trying the one before",
+                    step, type(error).__name__, first, moved)
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

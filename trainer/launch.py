@@ -104,6 +104,19 @@ def run(args: list[str], num_processes: int, devices_per_process: int, logdir: s
     return Result(codes, outputs, timed_out)
 
 
+def last_error_line(output: str) -> str:
+    """The line that says why a process failed: its `error: ...` line, else the last exception line."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line.startswith("error: "):
+            return line
+    for line in reversed(lines):
+        head = line.split(":", 1)[0]
+        if head.endswith(("Error", "Exception", "Interrupt")) or head == "Killed":
+            return line
+    return lines[-1] if lines else "(no output)"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--num_processes", type=int, default=2)
@@ -121,8 +134,9 @@ def main(argv=None) -> int:
     print(r.outputs[0].rstrip().splitlines()[-1] if r.outputs[0].strip() else "")
     for i, code in enumerate(r.returncodes):
         if code != 0:
-            print(f"process {i} exited with {code}{' (timed out)' if r.timed_out else ''}; log: "
-                  f"{os.path.join(logdir, f'process_{i}.log')}", file=sys.stderr)
+            print(f"process {i} exited with {code}{' (timed out)' if r.timed_out else ''}: "
+                  f"{last_error_line(r.outputs[i])} (log: {os.path.join(logdir, f'process_{i}.log')})",
+                  file=sys.stderr)
     return max((abs(c) for c in r.returncodes), default=0)
 
 

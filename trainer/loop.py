@@ -35,10 +35,11 @@ from sharding.rules import logical_axes_of, rules_from_config, tree_shardings
 from tasks import get_task
 from trainer import nan_guard
 from trainer.checkpoint import Checkpointer, check_compatible
+from trainer.metrics import higher_is_better
 from trainer.nan_guard import NanMonitor, NonFiniteError
 from trainer.optim import make_optimizer
 from trainer.preemption import Preempted, PreemptionWatcher
-from trainer.writer import MetricWriter, Progress, progress_enabled
+from trainer.writer import MetricWriter, Progress
 
 log = logging.getLogger("train")
 
@@ -78,6 +79,15 @@ def validate_config(config, mesh) -> None:
         v = config[section][field]
         if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
             raise ConfigError(f"{section}.{field}={v!r} must be a positive integer")
+    init_from = str(config.train.get("init_from", "") or "")
+    if init_from:
+        src, sep, tail = init_from.rpartition(":")
+        src = src if sep and tail.isdigit() else init_from
+        if not os.path.isdir(os.path.join(src, "checkpoints")):
+            raise InputError(f"train.init_from={init_from!r}: {src!r} holds no checkpoints/ folder")
+    stop_at = config.train.get("stop_at", 0)
+    if not isinstance(stop_at, int) or isinstance(stop_at, bool) or stop_at < 0:
+        raise ConfigError(f"train.stop_at={stop_at!r} must be an integer >= 0 (0: run to train.num_steps)")
     if o.warmup_steps < 0:
         raise ConfigError(f"optim.warmup_steps={o.warmup_steps} must be >= 0")
     if float(o.learning_rate) <= 0:
@@ -96,6 +106,8 @@ def validate_config(config, mesh) -> None:
         variants.validate_mesh(config.model, mesh.shape)  # each layer variant's own mesh checks
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    for note in variants.seq_len_notes(config.model, d.seq_len):
+        log.warning(note)
     eval_bs = d.eval_batch_size or d.batch_size
     if eval_bs % dp:
         raise ConfigError(f"data.eval_batch_size={eval_bs} is not divisible by the data-parallel size {dp}")
@@ -298,27 +310,110 @@ def earlier_evals(workdir: str, upto: int) -> list[dict]:
 
 
 def best_of(curve: list[dict]) -> dict[str, float]:
-    """Best value of each eval metric over the curve: max for accuracies, min otherwise."""
+    """Best value of each eval metric over the curve, in the direction trainer/metrics.py gives it."""
     best: dict[str, float] = {}
     for point in curve:
         for k, v in point.items():
             if k != "step":
-                pick = max if k.endswith("accuracy") or "recall_at_" in k else min
+                pick = max if higher_is_better(k) else min
                 best[k] = pick(best.get(k, v), v)
     return best
 
 
+def init_params_from(spec: str, s: Setup) -> dict:
+    """Parameters of another run's checkpoint (`<workdir>[:step]`), laid out with this run's shardings.
+
+    The source is rebuilt from the config stored with its checkpoint (on
+    this run's mesh); every parameter must have this model's path and shape,
+    or a one-line InputError names the first that does not.
+    """
+    src, sep, tail = spec.rpartition(":")
+    src, step = (src, int(tail)) if sep and tail.isdigit() else (spec, None)
+    where = f"train.init_from={spec!r}"
+    if not os.path.isdir(os.path.join(src, "checkpoints")):
+        raise InputError(f"{where}: {src!r} holds no checkpoints/ folder")
+    ckpt = Checkpointer(src, keep=1, async_save=False)
+    try:
+        step = ckpt.latest_step() if step is None else step
+        if step is None or step not in ckpt.all_steps():
+            raise InputError(f"{where}: no checkpoint at step {step} (available: {ckpt.all_steps()})")
+        other = ml_collections.ConfigDict(ckpt.read_meta(step)["config"])
+        other.mesh = s.config.mesh
+        other.train.init_from = ""
+        o = setup(other, list(s.mesh.devices.flat))
+        want = dict(jax.tree_util.tree_flatten_with_path(s.abstract_params)[0])
+        have = dict(jax.tree_util.tree_flatten_with_path(o.abstract_params)[0])
+        for path in sorted(set(want) | set(have), key=jax.tree_util.keystr):
+            a, b = want.get(path), have.get(path)
+            if a is None or b is None or a.shape != b.shape:
+                raise InputError(f"{where}: parameter {jax.tree_util.keystr(path)} has shape "
+                                 f"{None if b is None else b.shape} in the source run but "
+                                 f"{None if a is None else a.shape} in this model")
+        with jax.set_mesh(s.mesh):
+            params = ckpt.restore(step, abstract_state(o))["params"]
+    finally:
+        ckpt.close()
+    return jax.device_put(params, s.param_shardings)
+
+
+def finished_summary(workdir: str, stop_at: int, latest_step: int | None) -> dict | None:
+    """The stored summary when `workdir` already holds a run finished at `stop_at` or later, else None."""
+    path = os.path.join(workdir, "summary.json")
+    if latest_step is None or latest_step < stop_at or not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            summary = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None  # a damaged summary: finish the run again, which rewrites it
+    return summary if int(summary.get("steps", -1)) >= stop_at else None
+
+
+def write_json_atomic(path: str, obj: Any, **kw) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, **kw)
+    os.replace(tmp, path)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict[str, Any]:
-    """Trains (resuming from `workdir` if it holds a checkpoint) and returns a run summary."""
+    """Trains (resuming from `workdir` if it holds a checkpoint) and returns a run summary.
+
+    A workdir whose run already finished (its summary.json covers the
+    requested steps) is left untouched: the stored summary comes back with
+    `already_finished: True`.
+    """
     s = setup(config, devices)
     cfg = s.config
     is_main = jax.process_index() == 0
-    ckpt = Checkpointer(workdir, keep=int(cfg.train.keep_checkpoints), async_save=bool(cfg.train.async_checkpointing))
     cfg_dict = config_to_dict(cfg)
-    start = ckpt.latest_step()
-    saved_meta = ckpt.read_meta(start) if start is not None else {}
-    if start is not None:
-        check_compatible(saved_meta["config"], cfg_dict, workdir)
+    # `train.stop_at` ends this launch early without changing the run (its schedule
+    # still spans num_steps): for time-sliced jobs and the exact-resume test.
+    stop_at = min(int(cfg.train.get("stop_at") or cfg.train.num_steps), int(cfg.train.num_steps))
+    ckpt = Checkpointer(workdir, keep=int(cfg.train.keep_checkpoints), async_save=bool(cfg.train.async_checkpointing))
+
+    def check_meta(meta: dict) -> None:
+        check_compatible(meta["config"], cfg_dict, workdir)
+
+    try:
+        done = finished_summary(workdir, stop_at, ckpt.latest_step())
+        if done is not None:
+            check_meta(ckpt.read_meta(ckpt.latest_step()))
+            log.info("%s already holds a run finished at step %d (summary.json); nothing to do",
+                     workdir, done["steps"])
+            return {**done, "already_finished": True}
+        with jax.set_mesh(s.mesh):
+            start, state, saved_meta = ckpt.restore_newest(abstract_state(s), check_meta)
+            if start is None:
+                state, start = init_state(s), 0
+                if cfg.train.get("init_from"):
+                    state["params"] = init_params_from(str(cfg.train.init_from), s)
+                    log.info("parameters from %s", cfg.train.init_from)
+            else:
+                log.info("resumed from %s at step %d", ckpt.directory, start)
+    except BaseException:
+        ckpt.close()
+        raise
 
     summary: dict[str, Any] = {
         "params": s.task.param_count(),  # Task hooks; default: models/flops.py on config.model
@@ -326,27 +421,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
         "tokens_per_step": s.task.tokens_per_step,
     }
     if is_main:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(cfg_dict, f, indent=2, sort_keys=True)
+        # Written once the run is known to be valid and its state restored, never by a launch that fails earlier.
+        write_json_atomic(os.path.join(workdir, "config.json"), cfg_dict, indent=2, sort_keys=True)
         log.info("model: %s parameters, %.3g training FLOPs/token; mesh %s, rules %s",
                  f"{summary['params']:,}", summary["flops_per_token"], dict(s.mesh.shape), cfg.mesh.rules)
 
     with jax.set_mesh(s.mesh):
-        if start is None:
-            state = init_state(s)
-            start = 0
-        else:
-            state = ckpt.restore(start, abstract_state(s))
-            log.info("resumed from %s at step %d", ckpt.directory, start)
-
         step_fn = jit_train_step(s, s.task.train_batch(start))
         eval_fn = jit_eval_step(s)
-        writer = MetricWriter(workdir, enabled=is_main, tensorboard=bool(cfg.train.tensorboard))
-        # `train.stop_at` ends this launch early without changing the run (its schedule
-        # still spans num_steps): for time-sliced jobs and the exact-resume test.
-        stop_at = min(int(cfg.train.get("stop_at") or cfg.train.num_steps), int(cfg.train.num_steps))
-        progress = Progress(stop_at, start, enabled=is_main and progress_enabled())
+        writer = MetricWriter(workdir, enabled=is_main, tensorboard=bool(cfg.train.tensorboard),
+                              resume_step=start if start > 0 else None)
+        progress = Progress(stop_at, start, enabled=is_main)
         # Evaluations of earlier launches, so a resumed run's curve is whole.
         curve: list[dict] = earlier_evals(workdir, start) if is_main else []
         last_eval: dict[str, float] = {}
@@ -430,32 +515,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     })
     if is_main:
         # Written last: its presence marks a finished launch (studies collect it).
-        tmp = os.path.join(workdir, "summary.json.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=1)
-        os.replace(tmp, os.path.join(workdir, "summary.json"))
+        write_json_atomic(os.path.join(workdir, "summary.json"), summary, indent=1)
     return summary
-
-
-def restore_model(workdir: str, step: int | None = None, devices=None):
-    """(model, config, step) from `workdir`'s checkpoint at `step` (default: the latest).
-
-    The stored config rebuilds the model exactly as trained, on one device
-    unless `devices` says otherwise. Raises `InputError` (one line) when the
-    workdir holds no such checkpoint.
-    """
-    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-        raise InputError(f"--workdir={workdir!r} holds no checkpoints/ folder")
-    ckpt = Checkpointer(workdir, keep=1, async_save=False)
-    try:
-        step = ckpt.latest_step() if step is None else step
-        if step is None or step not in ckpt.manager.all_steps():
-            raise InputError(f"--workdir={workdir!r} has no checkpoint at step {step} "
-                             f"(available: {sorted(ckpt.manager.all_steps())})")
-        config = ml_collections.ConfigDict(ckpt.read_meta(step)["config"])
-        s = setup(config, jax.devices()[:1] if devices is None else devices)
-        with jax.set_mesh(s.mesh):
-            state = ckpt.restore(step, abstract_state(s))
-        return nnx.merge(s.graphdef, state["params"]), config, step
-    finally:
-        ckpt.close()

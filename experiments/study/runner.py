@@ -16,9 +16,10 @@ into `results.jsonl`.
 
 Budgets (`Study.budget`): each run's `train.num_steps` is derived from
   flops:  total training FLOPs per run; steps = budget / (FLOPs/token x tokens/step),
-          from the analytic count in models/flops.py, so a model that costs
-          more per token trains fewer steps;
-  tokens: training tokens per run;
+          both counted by the run's task (`Task.train_flops_per_token_of`,
+          `Task.tokens_per_step_of` in tasks/base.py), so a model that costs
+          more per token trains fewer steps and a CLIP run counts both towers;
+  tokens: training tokens per run, in the task's unit (CLIP: image-text pairs);
   steps:  the same number of steps for every run.
 """
 from __future__ import annotations
@@ -36,7 +37,7 @@ from typing import Any
 
 from experiments.study.results import append_result, load_results
 from experiments.study.stats import steps_for_budget
-from nn.errors import StudyError
+from nn.errors import InputError, StudyError
 
 ROOT = Path(__file__).resolve().parents[2]
 BUDGET_MODES = ("flops", "tokens", "steps")
@@ -94,6 +95,8 @@ class Run:
 
 def _load_module(path: str):
     p = Path(path)
+    if not p.exists() and (ROOT / path).exists():
+        p = ROOT / path
     if not p.exists():
         candidate = ROOT / "experiments" / "studies" / f"{path}.py"
         if not candidate.exists():
@@ -172,7 +175,6 @@ def _slug(s: str) -> str:
 def expand(study: Study, out: Path) -> list[Run]:
     from models.config import validate_model_config
     from nn.errors import ConfigError
-    from models.flops import train_flops_per_token
     from tasks import get_task
 
     runs = []
@@ -186,11 +188,11 @@ def expand(study: Study, out: Path) -> list[Run]:
             cfg.seed = int(seed)
             try:
                 validate_model_config(cfg.model)
-                head = get_task(cfg.task).flops_head
+                # The task's own counts, from the config alone: building the task would load its data.
+                task = get_task(cfg.task)
+                tokens_per_step, fpt = task.tokens_per_step_of(cfg), task.train_flops_per_token_of(cfg)
             except ConfigError as e:
                 raise StudyError(f"study {study.name!r} grid point {point}: {e}") from None
-            tokens_per_step = int(cfg.data.batch_size) * int(cfg.data.seq_len)
-            fpt = train_flops_per_token(cfg.model, int(cfg.data.seq_len), head)
             try:
                 steps = steps_for_budget(study.budget["mode"], float(study.budget["value"]), fpt, tokens_per_step)
             except ValueError as e:
@@ -301,13 +303,15 @@ def main(argv=None) -> int:
 
     logging.basicConfig(level=logging.WARNING)
     try:
+        if Path(a.out).exists() and not Path(a.out).is_dir():
+            raise StudyError(f"--out={a.out!r} is an existing file, not a results folder")
         study = load_study(a.study)
         if a.print_commands:
             for run in expand(study, Path(a.out)):
                 print(command_for(study, run))
             return 0
         run_study(study, a.out, collect_only=a.collect, report=not a.no_report)
-    except (StudyError, FileNotFoundError) as e:
+    except (InputError, FileNotFoundError) as e:  # a study, config (e.g. a bad `:arg`) or data error
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
