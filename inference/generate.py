@@ -106,10 +106,6 @@ def main(argv=None) -> int:
         model, config = load_model(args.workdir, args.step)
         context = int(config.data.seq_len)
         prompts = [encode(t) for t in args.prompt]
-        room = context - max(len(x) for x in prompts)
-        if args.max_new_tokens > room > 0:
-            print(f"note: --max_new_tokens={args.max_new_tokens} does not fit the model context of {context} tokens; "
-                  f"the longest prompt stops after {room} new tokens", file=sys.stderr)
         kw = dict(context=context, max_new_tokens=args.max_new_tokens, sampling=sampling, stop_tokens=stop, seed=args.seed)
         if args.paged:
             outs = sample_paged(model, prompts, block_size=args.block_size, max_batch=args.max_batch,
@@ -119,6 +115,10 @@ def main(argv=None) -> int:
     except InferenceError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    room = context - max(len(x) for x in prompts)
+    if args.max_new_tokens > room:
+        print(f"note: --max_new_tokens={args.max_new_tokens} does not fit the model context of {context} tokens; "
+              f"the longest prompt stops after {room} new tokens", file=sys.stderr)
     for text, toks in zip(args.prompt, outs):
         print(text + decode(toks))
     return 0

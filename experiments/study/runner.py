@@ -100,6 +100,8 @@ def _load_module(path: str):
     if not p.exists():
         candidate = ROOT / "experiments" / "studies" / f"{path}.py"
         if not candidate.exists():
+            if path.endswith(".py") or "/" in path:
+                raise StudyError(f"study file {path!r} does not exist")
             raise StudyError(f"study {path!r} not found (neither a file nor experiments/studies/{path}.py)")
         p = candidate
     spec = importlib.util.spec_from_file_location(f"_study_{p.stem}", p)
