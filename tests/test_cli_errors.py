@@ -79,7 +79,8 @@ def test_train_cli_config_file_with_a_syntax_error(tmp_path, capsys, cwd_is_empt
 
 
 @pytest.mark.parametrize("args, match", [
-    (["experiments/studies/nope.py", "--out", "O"], "not found"),
+    (["experiments/studies/nope.py", "--out", "O"], "study file 'experiments/studies/nope.py' does not exist"),
+    (["nope", "--out", "O"], "neither a file nor experiments/studies/nope.py"),
     (["experiments/studies/lm_scaling.py:smoek", "--out", "O"], "did you mean 'smoke'?"),
 ])
 def test_study_cli_bad_input(args, match, capsys, cwd_is_empty):
