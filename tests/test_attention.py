@@ -28,7 +28,7 @@ def packed_segments(B, T):
 
 
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("K", [4, 2, 1])
+@pytest.mark.parametrize("K", [pytest.param(4, marks=pytest.mark.slow), 2, pytest.param(1, marks=pytest.mark.slow)])
 def test_reference_matches_jax_dot_product_attention(causal, K):
     q, k, v = qkv(K=K)
     lengths = jnp.array([16, 11])
@@ -50,7 +50,7 @@ def test_reference_segment_ids_match_jax_with_dense_mask():
     np.testing.assert_array_equal(np.asarray(ours)[~valid], 0.0)
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("dtype", [jnp.float32, pytest.param(jnp.bfloat16, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("case", ["plain", "causal", "lengths", "packed", "gqa_packed_causal", "mqa"])
 def test_dense_xla_matches_reference(dtype, case):
     K = {"gqa_packed_causal": 2, "mqa": 1}.get(case, 4)

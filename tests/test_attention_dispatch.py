@@ -57,7 +57,9 @@ def _loss_and_grads(model, tokens, seg):
     return jax.jit(jax.value_and_grad(loss))(params)
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(attention="longformer", window=4, num_global=2, dilation=(1, 2, 1, 2))])
+@pytest.mark.slow
+@pytest.mark.parametrize("kw", [
+    dict(), dict(attention="longformer", longformer=dict(window=4, num_global=2, dilation=(1, 2, 1, 2)))])
 def test_decoder_lm_with_pallas_equals_xla(kw):
     tokens = jax.random.randint(jax.random.key(0), (2, 38), 0, 256)
     seg = jnp.array([[1] * 20 + [2] * 17, [1] * 30 + [0] * 7])  # packed rows and padding
@@ -69,6 +71,7 @@ def test_decoder_lm_with_pallas_equals_xla(kw):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_bf16_encoder_with_pallas_equals_xla():
     tokens = jax.random.randint(jax.random.key(0), (2, 33), 0, 256)
     outs = []
@@ -79,6 +82,7 @@ def test_bf16_encoder_with_pallas_equals_xla():
     np.testing.assert_allclose(outs[1], outs[0], atol=3e-2, rtol=3e-2)
 
 
+@pytest.mark.slow
 def test_longformer_kernel_window_equals_blocked_xla():
     """Dilation folded into the batch and global tokens merged through the kernel's log-sum-exp, with gradients.
     (Non-causal here; the causal band runs through the Longformer LM test above.)"""
@@ -105,6 +109,7 @@ def test_longformer_kernel_window_equals_blocked_xla():
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_tpu_dispatch_runs_splash_attention_in_tpu_interpret_mode(monkeypatch):
     """On TPU "pallas" means jax's splash attention: checked against the oracle under TPU interpret mode."""
     from jax.experimental.pallas import tpu as pltpu

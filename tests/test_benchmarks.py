@@ -1,9 +1,11 @@
 """The benchmark scripts run (tiny sizes); their figures are read from their output, never asserted."""
 import numpy as np
+import pytest
 
 from benchmarks.baselines import make_bare_jax_step
 
 
+@pytest.mark.slow
 def test_bare_jax_baseline_trains():
     step, params, opt = make_bare_jax_step(V=256, D=32, L=1, F=64, T=16, n_heads=2, lr=3e-3)
     x = np.random.default_rng(0).integers(0, 256, (4, 16)).astype(np.int32)
@@ -14,6 +16,7 @@ def test_bare_jax_baseline_trains():
     assert losses[-1] < losses[0]
 
 
+@pytest.mark.slow
 def test_train_step_benchmark_runs_on_smoke_sizes(capsys, monkeypatch):
     from benchmarks import train_step
     from experiments.configs.defaults import apply_smoke
@@ -25,8 +28,9 @@ def test_train_step_benchmark_runs_on_smoke_sizes(capsys, monkeypatch):
     assert "== smoke" in out and "ours / bare JAX" in out
 
 
+@pytest.mark.slow
 def test_attention_benchmark_writes_report(tmp_path, capsys):
-    from experiments.studies import attention_complexity
+    from benchmarks import attention as attention_complexity
 
     attention_complexity.main(["--lengths", "128,256", "--repeats", "1", "--out", str(tmp_path)])
     report = (tmp_path / "report.md").read_text()
@@ -34,6 +38,7 @@ def test_attention_benchmark_writes_report(tmp_path, capsys):
     assert (tmp_path / "attention_complexity.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_checkpoint_benchmark_runs_on_smoke_sizes(capsys):
     from benchmarks import checkpoint
 

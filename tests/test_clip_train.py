@@ -31,8 +31,9 @@ def smoke(**over):
     return c
 
 
-def test_smoke_config_trains_and_logs_clip_metrics(tmp_path, devices):
-    summary = loop.train_and_evaluate(smoke(), str(tmp_path), devices[:1])
+def test_smoke_config_trains_and_logs_clip_metrics(experiment_run):
+    run = experiment_run("experiments/configs/clip_shapes.py")  # the session's one clip smoke run
+    summary = run.summary
     final = summary["final"]
     for k in ("eval/loss", "eval/i2t_recall_at_1", "eval/t2i_recall_at_10", "eval/zeroshot_shape_heldout_top1_accuracy",
               "eval/zeroshot_object_seen_top5_accuracy", "eval/zeroshot_shape_heldout_error",
@@ -40,7 +41,7 @@ def test_smoke_config_trains_and_logs_clip_metrics(tmp_path, devices):
         assert k in final and np.isfinite(final[k]), k
     assert final["eval/i2t_recall_at_1"] <= final["eval/i2t_recall_at_5"] <= final["eval/i2t_recall_at_10"] <= 1.0
     assert summary["tokens_per_step"] == 16 and summary["params"] > 0 and summary["flops_per_token"] > 0
-    with open(tmp_path / "metrics.jsonl") as f:
+    with open(os.path.join(run.workdir, "metrics.jsonl")) as f:
         records = [json.loads(line) for line in f]
     scales = [r["train/clip/logit_scale"] for r in records if "train/clip/logit_scale" in r]
     assert scales and all(0 < s <= 100.0 + 1e-3 for s in scales)
@@ -122,6 +123,7 @@ def test_empty_caption_in_a_data_file_is_a_one_line_error(tmp_path, devices):
         loop.setup(smoke(**{"data.path": str(tmp_path / "pairs.jsonl")}), devices[:1])
 
 
+@pytest.mark.slow
 def test_cli_reports_bad_input_in_one_line_with_exit_status_2(tmp_path):
     out = subprocess.run([sys.executable, "train.py", "--config", "experiments/configs/clip_shapes.py:smoke",
                           "--workdir", str(tmp_path), "--config.vision.patch_size=5"],
@@ -130,6 +132,7 @@ def test_cli_reports_bad_input_in_one_line_with_exit_status_2(tmp_path):
     assert out.stderr.strip().splitlines()[-1] == "error: vision.image_size=32 is not divisible by vision.patch_size=5"
 
 
+@pytest.mark.slow
 def test_clip_benchmark_runs_on_smoke_sizes(capsys):
     from benchmarks import clip as bench
 

@@ -1,5 +1,5 @@
 """Fault tolerance: restore onto another mesh, SIGTERM preemption, SIGKILL mid-save, non-finite steps."""
-import json
+import logging
 import os
 import shutil
 import signal
@@ -11,29 +11,12 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import read_metrics, smoke_cfg, train_losses
 from trainer import loop
-from experiments.configs.defaults import apply_smoke, base_config
 from trainer.checkpoint import Checkpointer
 from trainer.nan_guard import NonFiniteError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def smoke_cfg(**train_kw):
-    c = apply_smoke(base_config())
-    c.train.update(tensorboard=False, **train_kw)
-    c.data.eval_batches = 1
-    c.sample.num_tokens = 0
-    return c
-
-
-def records(workdir):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
-
-def losses(workdir):
-    return {r["step"]: r["train/loss"] for r in records(workdir) if "train/loss" in r}
 
 
 # --------------------------------------------------------------------------
@@ -41,7 +24,7 @@ def losses(workdir):
 # --------------------------------------------------------------------------
 
 def mesh_cfg(shape, rules, **kw):
-    c = smoke_cfg(log_every=1, checkpoint_every=3, eval_every=1000, **kw)
+    c = smoke_cfg(lean=True, log_every=1, checkpoint_every=3, eval_every=1000, **kw)
     c.mesh.shape.update(data=1, fsdp=1, tensor=1)
     c.mesh.shape.update(**shape)
     c.mesh.rules = rules
@@ -67,14 +50,15 @@ def test_fsdp_checkpoint_continues_on_4_device_dp_and_on_1_device(fsdp_checkpoin
         wd = tmp_path / name
         shutil.copytree(fsdp_checkpoint, wd)
         out[name] = loop.train_and_evaluate(mesh_cfg(shape, rules), str(wd), devs)  # no flag needed
-        assert sorted(losses(wd)) == [1, 2, 3, 4, 5, 6]
-    ref = losses(tmp_path / "same_mesh")
+        assert sorted(train_losses(wd)) == [1, 2, 3, 4, 5, 6]
+    ref = train_losses(tmp_path / "same_mesh")
     for name in ("dp4", "one_device"):
-        got = losses(tmp_path / name)
+        got = train_losses(tmp_path / name)
         np.testing.assert_allclose([got[s] for s in (4, 5, 6)], [ref[s] for s in (4, 5, 6)], rtol=1e-5, err_msg=name)
         np.testing.assert_allclose(out[name]["final"]["eval/loss"], out["same_mesh"]["final"]["eval/loss"], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_restored_arrays_take_the_new_mesh_sharding(fsdp_checkpoint, devices):
     s = loop.setup(mesh_cfg({"data": 4}, "dp"), devices[:4])
     ckpt = Checkpointer(str(fsdp_checkpoint), keep=2)
@@ -96,29 +80,36 @@ def test_restored_arrays_take_the_new_mesh_sharding(fsdp_checkpoint, devices):
 BAD = "blocks.1.ffn.wo_FD"
 
 
-def test_nan_policy_raise_names_step_and_group_and_keeps_last_good_checkpoint(tmp_path, devices):
-    c = smoke_cfg(debug_nan_step=5, debug_nan_param=BAD)  # checkpoints at 3 and 6
+def test_nan_policy_raise_names_step_and_group_and_keeps_last_good_checkpoint(smoke_run, tmp_path, devices,
+                                                                              caplog):
+    c = smoke_cfg(lean=True, debug_nan_step=5, debug_nan_param=BAD)  # checkpoints at 3 and 6
     with pytest.raises(NonFiniteError, match=rf"non-finite gradient at step 5, first in parameter group {BAD}; "
                                              r"stopped with the last good checkpoint at step 3"):
         loop.train_and_evaluate(c, str(tmp_path), devices[:1])
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3"]
-    # A rerun with the fault gone resumes from the good checkpoint.
-    summary = loop.train_and_evaluate(smoke_cfg(), str(tmp_path), devices[:1])
-    assert summary["steps"] == 6 and np.isfinite(summary["final"]["eval/loss"])
+    # A rerun with the fault gone resumes from the good checkpoint and ends where the uninterrupted
+    # smoke run ended (the same config but for TensorBoard: evaluated on the same two batches).
+    caplog.set_level(logging.INFO, logger="train")
+    summary = loop.train_and_evaluate(smoke_cfg(tensorboard=False), str(tmp_path), devices[:1])
+    assert any(r.getMessage().endswith("at step 3") and r.getMessage().startswith("resumed from")
+               for r in caplog.records)
+    assert summary["steps"] == 6
+    assert summary["final"] == pytest.approx(smoke_run.summary["final"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_nan_policy_skip_drops_the_update_and_counts_it_across_a_resume(tmp_path, devices):
-    c = smoke_cfg(nan_policy="skip", debug_nan_step=2, log_every=1, stop_at=4)
+    c = smoke_cfg(lean=True, nan_policy="skip", debug_nan_step=2, log_every=1, stop_at=4)
     loop.train_and_evaluate(c, str(tmp_path), devices[:1])
     c.train.stop_at = 0
     summary = loop.train_and_evaluate(c, str(tmp_path), devices[:1])
-    skipped = {r["step"]: r["train/skipped_steps"] for r in records(tmp_path) if "train/skipped_steps" in r}
+    skipped = {r["step"]: r["train/skipped_steps"] for r in read_metrics(tmp_path) if "train/skipped_steps" in r}
     assert skipped == {1: 0, 2: 1, 3: 1, 4: 1, 5: 1, 6: 1}  # step 5, 6: after the resume, from the meta
     assert np.isfinite(summary["final"]["eval/loss"])
 
 
 def test_skipped_step_leaves_parameters_and_optimizer_state_unchanged(devices):
-    c = smoke_cfg(nan_policy="skip", debug_nan_step=2)
+    c = smoke_cfg(lean=True, nan_policy="skip", debug_nan_step=2)
     s = loop.setup(c, devices[:1])
     with jax.set_mesh(s.mesh):
         state = loop.init_state(s)
@@ -138,9 +129,9 @@ def test_nan_policy_and_injection_are_checked(devices):
     from nn.errors import ConfigError
 
     with pytest.raises(ConfigError, match="train.nan_policy='ignore' must be one of"):
-        loop.setup(smoke_cfg(nan_policy="ignore"), devices[:1])
+        loop.setup(smoke_cfg(lean=True, nan_policy="ignore"), devices[:1])
     with pytest.raises(ConfigError, match="train.debug_nan_param='nope' is not a parameter"):
-        loop.setup(smoke_cfg(debug_nan_step=1, debug_nan_param="nope"), devices[:1])
+        loop.setup(smoke_cfg(lean=True, debug_nan_step=1, debug_nan_param="nope"), devices[:1])
 
 
 # --------------------------------------------------------------------------
@@ -202,14 +193,14 @@ def test_sigterm_saves_exits_0_and_the_next_launch_resumes_exactly(tmp_path):
     assert last.startswith("preempted: saved checkpoint at step ") and last.endswith("rerun the same command to resume")
     n = int(last.split("at step ")[1].split()[0])
     assert 3 <= n <= 37 and sorted(os.listdir(wd / "checkpoints")) == [str(n)]
-    assert max(losses(wd)) == n  # the metrics of the last step were flushed
+    assert max(train_losses(wd)) == n  # the metrics of the last step were flushed
     assert not (wd / "summary.json").exists()  # the run is not finished
 
     out = subprocess.run(_cmd(wd, *flags, f"--config.train.stop_at={n + 3}"), cwd=ROOT, env=ENV,
                          capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"at step {n}" in out.stderr
-    got, want = losses(wd), losses(ref)
+    got, want = train_losses(wd), train_losses(ref)
     assert sorted(got) == list(range(1, n + 4))
     assert [got[i] for i in sorted(got)] == [want[i] for i in sorted(got)]  # bit for bit
 
@@ -241,7 +232,7 @@ def test_sigkill_during_async_save_keeps_the_previous_checkpoint(tmp_path):
     names = sorted(os.listdir(ck))
     # The kill hit the save: step 4 is an unfinished temporary folder, step 2 is whole.
     assert "4" not in names and "2" in names and any(n.startswith("4.orbax-checkpoint-tmp") for n in names), names
-    killed = losses(wd)
+    killed = train_losses(wd)
 
     out = subprocess.run(_cmd(wd, *big, "--config.train.stop_at=3"), cwd=ROOT, env=ENV,
                          capture_output=True, text=True, timeout=240)
@@ -249,4 +240,4 @@ def test_sigkill_during_async_save_keeps_the_previous_checkpoint(tmp_path):
     assert "at step 2" in out.stderr
     assert sorted(os.listdir(ck)) == ["3"]  # leftovers removed, only the new checkpoint kept
     # Step 3 from the restored step-2 checkpoint equals step 3 of the killed run, bit for bit.
-    assert losses(wd)[3] == killed[3]
+    assert train_losses(wd)[3] == killed[3]

@@ -26,8 +26,9 @@ def fwd_and_grads(f, lhs, rhs, dout):
     return (out, *pullback(dout))
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-@pytest.mark.parametrize("groups", sorted(GROUPS))
+@pytest.mark.parametrize("dtype", [jnp.float32, pytest.param(jnp.bfloat16, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("groups", [g if g == "uneven_with_empty" else pytest.param(g, marks=pytest.mark.slow)
+                                    for g in sorted(GROUPS)])
 def test_matches_ragged_dot(groups, dtype):
     M, D, F = 100, 48, 40  # none a tile multiple
     gs = jnp.array(GROUPS[groups], jnp.int32)
@@ -59,6 +60,7 @@ def test_group_sizes_are_dynamic_under_jit():
     assert len(traces) == 1  # one compilation for all group sizes
 
 
+@pytest.mark.slow
 def test_check_grads_numerically():
     gs = jnp.array([3, 0, 9, 4], jnp.int32)
     lhs, rhs = rand((16, 8), jnp.float32, 0), rand((4, 8, 12), jnp.float32, 1)

@@ -10,14 +10,7 @@ from flax import nnx
 from nn.errors import InferenceError
 from models.decode import PAD_TOKEN, check_prompts, generate, pad_prompts
 from models.sampling import SamplingParams, filter_logits, sample_token
-from models.config import default_model_config
-from models.lm import DecoderLM
-
-
-def tiny_model(**kw):
-    cfg = default_model_config()
-    cfg.update({**dict(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64), **kw})
-    return DecoderLM(cfg, rngs=nnx.Rngs(0))
+from conftest import tiny_model
 
 
 @functools.lru_cache(maxsize=None)
@@ -43,9 +36,14 @@ def test_cached_logits_equal_full_forward_at_every_step(n_kv_heads):
     N = 10
     out, _ = run_generate(model, prompts, max_new_tokens=N, return_logits=True)
     assert (out["num_tokens_B"] == N).all()
+    # One jitted causal forward over a fixed-width buffer (positions past a row's end do not reach it).
+    graphdef, params = nnx.split(model)
+    forward = jax.jit(lambda p, tokens_BT: nnx.merge(graphdef, p)(tokens_BT)[0])
+    width = max(map(len, prompts)) + N
     for b, p in enumerate(prompts):
-        seq = np.array(p + list(out["tokens_BN"][b]), np.int32)[None]
-        full_TV = np.asarray(model(jnp.asarray(seq))[0])[0]
+        seq = np.zeros((1, width), np.int32)
+        seq[0, : len(p) + N] = p + list(out["tokens_BN"][b])
+        full_TV = np.asarray(forward(params, jnp.asarray(seq)))[0]
         # Token i was drawn from the logits at position len(p) - 1 + i.
         np.testing.assert_allclose(out["logits_BNV"][b], full_TV[len(p) - 1: len(p) - 1 + N], atol=1e-5, rtol=1e-5)
         np.testing.assert_array_equal(out["tokens_BN"][b], full_TV[len(p) - 1: len(p) - 1 + N].argmax(-1))

@@ -5,23 +5,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from attention.dense_xla import dense_attention_xla
 from attention.kv_cache import KVCache
 from nn.errors import InferenceError
-from models.decode import generate, pad_prompts
 from inference.paged_attention import gather_kv, paged_decode_attention_blocked, paged_decode_attention_ref
 from inference.paged_cache import BlockAllocator, PagedKVCache, PoolExhausted
 from inference.scheduler import Engine, Request
-from models.config import default_model_config
-from models.lm import DecoderLM
-
-
-def tiny_model(**kw):
-    cfg = default_model_config()
-    cfg.update({**dict(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64), **kw})
-    return DecoderLM(cfg, rngs=nnx.Rngs(0))
+from conftest import contiguous_tokens, tiny_model
 
 
 # --- allocator ------------------------------------------------------------------
@@ -120,22 +111,8 @@ def test_paged_cache_writes_like_the_contiguous_cache():
         np.testing.assert_array_equal(vg[b, :n], flat.v_BSKH[b, :n])
 
 
-@functools.lru_cache(maxsize=None)
-def _contiguous(max_new, context):
-    def run(graphdef, params, prompt_BP, lengths_B):
-        return generate(nnx.merge(graphdef, params), prompt_BP, lengths_B, max_new_tokens=max_new,
-                        rng=jax.random.key(0), context=context)
-    return jax.jit(run, static_argnums=0)
-
-
-def contiguous_tokens(model, prompts, max_new, context):
-    prompt_BP, lengths_B = pad_prompts(prompts)
-    out = jax.device_get(_contiguous(max_new, context)(*nnx.split(model), prompt_BP, lengths_B))
-    return [list(out["tokens_BN"][b, : out["num_tokens_B"][b]]) for b in range(len(prompts))]
-
-
 @pytest.mark.parametrize("block_size, num_blocks, max_batch", [
-    (8, 64, 4),    # roomy pool: sequences come and go through 4 slots
+    pytest.param(8, 64, 4, marks=pytest.mark.slow),  # roomy pool: sequences come and go through 4 slots
     (16, 6, 3),    # tight pool: decoding runs out of blocks and preempts
 ])
 def test_paged_continuous_batching_gives_the_contiguous_tokens(block_size, num_blocks, max_batch):
@@ -156,6 +133,7 @@ def test_paged_continuous_batching_gives_the_contiguous_tokens(block_size, num_b
         assert engine.stats["preemptions"] > 0
 
 
+@pytest.mark.slow
 def test_engine_stop_tokens_and_context_limit():
     model = tiny_model()
     prompts = [[1, 2, 3], [7] * 30]

@@ -2,9 +2,12 @@
 import re
 import subprocess
 
+import pytest
+
 from benchmarks import flash_attention as bench
 
 
+@pytest.mark.slow
 def test_flash_attention_benchmark_runs_in_interpret_mode(capsys):
     rows = bench.main(["--lengths", "40", "--batch", "1", "--heads", "2", "--head-dim", "16", "--repeats", "1",
                        "--impls", "pallas,xla", "--causal", "true"])

@@ -17,6 +17,7 @@ from experiments.configs.defaults import base_config
 from models import DecoderLM, EncoderClassifier, param_count
 from models.config import validate_model_config
 from nn.errors import ConfigError
+from conftest import cfg_for, first_losses
 
 TOL = {jnp.float32: dict(atol=2e-5, rtol=2e-5), jnp.bfloat16: dict(atol=3e-2, rtol=3e-2)}
 
@@ -181,6 +182,7 @@ def temp_bytes(T, W=64, N=2, H=16, A=2):
     return jax.jit(f).lower(q, kv, kv).compile().memory_analysis().temp_size_in_bytes
 
 
+@pytest.mark.slow
 def test_memory_grows_linearly_in_length():
     """4x the length at fixed W: temp memory ~4x (dense attention's T x T logits would grow 16x)."""
     small, large = temp_bytes(1024), temp_bytes(4096)
@@ -188,11 +190,14 @@ def test_memory_grows_linearly_in_length():
 
 
 # ---------------------------------------------------------------- the layer
-def layer_cfg(**kw):
+def layer_cfg(*, window=None, num_global=None, dilation=None, **model):
+    """A small Longformer config: `window`, `num_global`, `dilation` set model.longformer.*, the rest model.*."""
     c = base_config().model
     c.update(d_model=32, n_heads=4, n_kv_heads=2, n_layers=1)
-    with c.ignore_type():  # model.dilation is a tuple; the error cases also set plain ints
-        c.update(attention="longformer", **kw)
+    longformer = dict(window=window, num_global=num_global, dilation=dilation)
+    longformer = {k: v for k, v in longformer.items() if v is not None}
+    with c.ignore_type():  # model.longformer.dilation is a tuple; the error cases also set plain ints
+        c.update(attention="longformer", longformer=longformer, **model)
     return c
 
 
@@ -255,10 +260,17 @@ def test_encoder_classifier_forward():
     model = EncoderClassifier(cfg, rngs=nnx.Rngs(0))
     tokens = jax.random.randint(jax.random.key(0), (2, 19), 1, 256)
     seg = jnp.array([[1] * 19, [1] * 11 + [0] * 8])
-    logits, _ = jax.jit(lambda m, t, s: m(t, segment_ids_BT=s))(model, tokens, seg)
+    forward = jax.jit(lambda m, t, s: m(t, segment_ids_BT=s)[0])
+    logits = forward(model, tokens, seg)
     assert logits.shape == (2, 3) and np.all(np.isfinite(logits))
+    # Padding (segment 0) is invisible: new tokens there leave row 1 unchanged; a real token changes row 0.
+    changed = tokens.at[:, 15].set((tokens[:, 15] + 1) % 256)
+    again = forward(model, changed, seg)
+    np.testing.assert_allclose(again[1], logits[1], atol=1e-6, rtol=1e-6)
+    assert float(jnp.max(jnp.abs(again[0] - logits[0]))) > 1e-4
 
 
+@pytest.mark.slow
 def test_decoder_lm_trains():
     cfg = layer_cfg(window=4, num_global=2, dilation=(1, 2, 1, 2), n_layers=2, d_ff=64)
     model = DecoderLM(cfg, rngs=nnx.Rngs(0))
@@ -322,13 +334,13 @@ def test_global_tokens_need_the_global_cache():
 
 
 @pytest.mark.parametrize("kw,match", [
-    (dict(window=0), "model.window=0 must be a positive even integer"),
-    (dict(window=-4), "model.window=-4 must be"),
-    (dict(window=5, causal=False), "model.window=5 must be a positive even integer"),
-    (dict(num_global=-1), "model.num_global=-1 must be a non-negative integer"),
-    (dict(dilation=(1, 2)), r"model.dilation=\(1, 2\) must have one rate per head \(model.n_heads=4\)"),
-    (dict(dilation=0), "model.dilation=0 must hold integers >= 1"),
-    (dict(dilation=(1, 1, 0, 2)), r"model.dilation=\(1, 1, 0, 2\) must hold integers >= 1"),
+    (dict(window=0), "model.longformer.window=0 must be a positive even integer"),
+    (dict(window=-4), "model.longformer.window=-4 must be"),
+    (dict(window=5, causal=False), "model.longformer.window=5 must be a positive even integer"),
+    (dict(num_global=-1), "model.longformer.num_global=-1 must be a non-negative integer"),
+    (dict(dilation=(1, 2)), r"model.longformer.dilation=\(1, 2\) must have one rate per head \(model.n_heads=4\)"),
+    (dict(dilation=0), "model.longformer.dilation=0 must hold integers >= 1"),
+    (dict(dilation=(1, 1, 0, 2)), r"model.longformer.dilation=\(1, 1, 0, 2\) must hold integers >= 1"),
 ])
 def test_config_errors_name_field_and_value(kw, match):
     kw.setdefault("causal", False)
@@ -344,12 +356,10 @@ def test_valid_configs_pass():
 # ---------------------------------------------------------------- sharding
 @pytest.mark.slow
 def test_sharded_losses_match_single_device(devices):
-    from test_sharding import cfg_for, first_losses
-
     def cfg(shape, rules):
         c = cfg_for(shape, rules)
         with c.model.ignore_type():
-            c.model.update(attention="longformer", window=8, num_global=2, dilation=(1, 2, 1, 2))
+            c.model.update(attention="longformer", longformer=dict(window=8, num_global=2, dilation=(1, 2, 1, 2)))
         return c
     base = first_losses(cfg({}, "dp"), devices[:1])[2]
     s, state, losses = first_losses(cfg({"data": 2, "tensor": 4}, "tensor"), devices)

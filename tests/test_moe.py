@@ -19,7 +19,7 @@ from moe import dispatch as dsp
 from moe import health, losses, router
 from moe.gmm import blocked_gmm
 from moe.layer import MoEFFN
-from tests.test_sharding import first_losses
+from conftest import first_losses
 
 
 def moe_cfg(**moe):
@@ -142,6 +142,7 @@ def _per_token_oracle(x_GSD, dispatch, combine, w, activation):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("activation", ["gelu", "swiglu"])
 def test_capacity_moe_matches_per_token_loop(activation):
     G, S, D, F, E, k = 2, 6, 8, 16, 4, 2
@@ -155,6 +156,7 @@ def test_capacity_moe_matches_per_token_loop(activation):
     np.testing.assert_allclose(y, _per_token_oracle(x, dispatch, combine, w, activation), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
 def test_dropless_equals_capacity_when_nothing_is_dropped(dtype, tol):
     G, S, D, F, E, k = 3, 10, 8, 16, 5, 2
@@ -185,6 +187,7 @@ def test_dropless_equals_capacity_when_nothing_is_dropped(dtype, tol):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_dropless_serves_only_local_experts_with_offset():
     X, D, F, E, k = 7, 4, 8, 4, 2
     x = jax.random.normal(jax.random.key(5), (X, D))
@@ -197,6 +200,7 @@ def test_dropless_serves_only_local_experts_with_offset():
     np.testing.assert_allclose(halves[0] + halves[1], full, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sizes,block", [([100, 0, 377, 250, 200], 64), ([3, 1, 0, 2, 1], 4), ([0, 0, 0, 0, 0], 8)])
 def test_blocked_gmm_equals_ragged_dot(sizes, block):
     M, K, N = max(sum(sizes) + 5, 8), 16, 24
@@ -223,7 +227,7 @@ def test_layer_dropless_impls_agree_with_capacity_without_drops(impl):
     layer = MoEFFN(moe_cfg(dispatch="dropless", gmm_impl=impl).model, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(layer)
     y_drop, _ = jax.jit(lambda p, x: nnx.merge(graphdef, p)(x))(params, x)  # Pallas interpret mode wants jit
-    assert float(aux_cap["moe/dropped_fraction"]) == 0.0
+    assert float(aux_cap.metrics["moe/dropped_fraction"]) == 0.0
     np.testing.assert_allclose(y_drop, y_cap, rtol=1e-5, atol=1e-6)
 
 
@@ -250,22 +254,102 @@ def test_layer_metrics_and_noise_only_in_training():
     ctx = ForwardContext(train=True, step=jnp.int32(3), rng=jax.random.key(1))
     y_train, aux_train = layer(x, ctx)
     assert float(jnp.max(jnp.abs(y_train - y_eval))) > 0
-    fractions = [float(aux[f"moe/expert_fraction/e{i}"]) for i in range(4)]
+    fractions = [float(aux.breakdown[f"moe/expert_fraction/e{i}"]) for i in range(4)]
     assert sum(fractions) == pytest.approx(1.0)
-    assert float(aux["moe/max_fraction"]) == pytest.approx(max(fractions))
-    assert 0 < float(aux["moe/load_entropy"]) <= 1.0 + 1e-6
-    assert float(aux["moe/aux_loss"]) == pytest.approx(0.01 * float(aux["moe/balance"]))
-    assert float(aux["moe/z_loss"]) == pytest.approx(1e-3 * float(aux["moe/router_z"]))
-    assert 1 / 4 <= float(aux["moe/router_confidence"]) <= 1
+    assert float(aux.metrics["moe/max_fraction"]) == pytest.approx(max(fractions))
+    assert 0 < float(aux.metrics["moe/load_entropy"]) <= 1.0 + 1e-6
+    assert float(aux.losses["moe/aux_loss"]) == pytest.approx(0.01 * float(aux.metrics["moe/balance"]))
+    assert float(aux.losses["moe/z_loss"]) == pytest.approx(1e-3 * float(aux.metrics["moe/router_z"]))
+    assert 1 / 4 <= float(aux.metrics["moe/router_confidence"]) <= 1
+
+
+def _np_act(h, activation, h_gate=None):
+    if activation == "swiglu":
+        return h_gate / (1.0 + np.exp(-h_gate)) * h  # silu(x W_gate) * (x W_in)
+    return 0.5 * h * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (h + 0.044715 * h ** 3)))  # tanh GELU
+
+
+def _layer_oracle(layer, x_BTD):
+    """The MoE layer at evaluation, one token and one expert at a time in float64 numpy.
+
+    Reads only the layer's parameters and its config fields; routing, capacity
+    slots (priority: every token's first choice in token order, then second
+    choices), gates and the shared expert are re-derived here, independently
+    of moe/router.py and moe/dispatch.py.
+    """
+    x = np.asarray(x_BTD, np.float64)
+    B, T, D = x.shape
+    E, k = layer.num_experts, layer.k
+    get = lambda name: np.asarray(getattr(layer, name)[...], np.float64)  # noqa: E731
+    w_in, w_out = get("w_in_EDF"), get("w_out_EFD")
+    w_gate = get("w_gate_EDF") if layer.activation == "swiglu" else None
+
+    def expert(e, x_D):
+        gate_h = None if w_gate is None else x_D @ w_gate[e]
+        return _np_act(x_D @ w_in[e], layer.activation, gate_h) @ w_out[e]
+
+    logits = x @ get("router_DE")
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    C = max(1, math.ceil(layer.capacity_factor[1] * T * k / E))  # eval capacity
+    y = np.zeros_like(x)
+    for b in range(B):
+        if layer.router_type == "expert_choice":
+            for e in range(E):
+                for t in np.argsort(-probs[b, :, e], kind="stable")[:min(C, T)]:
+                    y[b, t] += probs[b, t, e] * expert(e, x[b, t])
+            continue
+        chosen = [np.argsort(-probs[b, t], kind="stable")[:k] for t in range(T)]
+        taken = [0] * E
+        for j in range(k):  # priority order: every first choice, then every second choice, ...
+            for t in range(T):
+                e = chosen[t][j]
+                if layer.mode == "capacity" and taken[e] >= C:
+                    continue  # over capacity: the route is dropped
+                taken[e] += 1
+                g = probs[b, t, chosen[t]]
+                gate = g[j] / g.sum() if layer.renormalize else g[j]
+                y[b, t] += gate * expert(e, x[b, t])
+    if layer.has_shared:
+        s_gate = x @ get("shared_gate_DF") if layer.activation == "swiglu" else None
+        y += _np_act(x @ get("shared_in_DF"), layer.activation, s_gate) @ get("shared_out_FD")
+    return y
+
+
+LAYER_CASES = {
+    "capacity_no_drops": dict(),  # eval factor 2.0, k=2, E=4: C = T
+    "capacity_drops": dict(eval_capacity_factor=0.5),  # C = 2 of 8 tokens: routes dropped
+    "top1_raw_gates": dict(top_k=1, renormalize=False),
+    "dropless": dict(dispatch="dropless", gmm_impl="ragged_dot", eval_capacity_factor=0.25),
+    "shared_expert_swiglu": dict(num_shared_experts=1, activation="swiglu"),
+    "expert_choice": dict(router="expert_choice", eval_capacity_factor=0.5),  # each expert takes its top 2
+}
+
+
+@pytest.mark.parametrize("case", sorted(LAYER_CASES))
+def test_layer_equals_per_token_loop_over_chosen_experts(case):
+    moe = dict(LAYER_CASES[case])
+    activation, top_k = moe.pop("activation", "gelu"), moe.pop("top_k", 2)
+    c = moe_cfg(**moe)
+    c.model.activation, c.model.moe.top_k = activation, top_k
+    layer = MoEFFN(c.model, rngs=nnx.Rngs(0))
+    # Larger router weights than the init so the gates are far from uniform (and top-k has no near-ties).
+    layer.router_DE[...] = layer.router_DE[...] * 50.0
+    x = jax.random.normal(jax.random.key(0), (2, 8, 32))
+    y = layer(x)[0]
+    want = _layer_oracle(layer, x)
+    assert np.abs(want).max() > 1e-3  # not a vacuous comparison of zeros
+    np.testing.assert_allclose(np.asarray(y, np.float64), want, rtol=1e-4, atol=1e-6)
 
 
 def test_shared_expert_and_expert_choice_layers_run():
     for moe in (dict(num_shared_experts=1), dict(router="expert_choice", capacity_factor=1.0)):
         layer = MoEFFN(moe_cfg(**moe).model, rngs=nnx.Rngs(0))
-        y, aux = layer(jax.random.normal(jax.random.key(0), (2, 8, 32)))
-        assert y.shape == (2, 8, 32) and bool(jnp.all(jnp.isfinite(y)))
+        x = jax.random.normal(jax.random.key(0), (2, 8, 32))
+        y, aux = layer(x)
+        np.testing.assert_allclose(np.asarray(y, np.float64), _layer_oracle(layer, x), rtol=1e-4, atol=1e-6)
         if "router" in moe:  # every expert takes exactly C tokens: balanced by construction
-            assert float(aux["moe/max_fraction"]) == pytest.approx(0.25)
+            assert float(aux.metrics["moe/max_fraction"]) == pytest.approx(0.25)
 
 
 def test_dead_expert_window():
@@ -311,7 +395,7 @@ def test_expert_parallel_matches_single_device(devices, mode):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-6)
     w_in = state8["params"]["blocks"][0]["ffn"]["w_in_EDF"]
     assert w_in.sharding.spec[0] == "expert"
-    assert float(jax.device_get(state8["stats"]["seen"])) == 3
+    assert float(jax.device_get(state8["stats"]["ffn"]["moe"]["seen"])) == 3  # models/variants.py layout
 
 
 # --------------------------------------------------------------------------- bad input
@@ -372,6 +456,7 @@ def test_collapse_smoke_study_reports_every_metric(tmp_path):
     assert "lower is better" in (tmp_path / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_moe_benchmark_runs_on_tiny_sizes(capsys):
     from benchmarks import moe as bench
 
@@ -379,3 +464,68 @@ def test_moe_benchmark_runs_on_tiny_sizes(capsys):
                 "--repeats", "1"])
     out = capsys.readouterr().out
     assert "dropless (blocked)" in out and "overhead" in out
+
+
+# --------------------------------------------------------------------------- the objective (tasks.base.collect_aux)
+
+
+def test_lm_objective_is_cross_entropy_plus_weighted_router_losses():
+    """LMTask.loss = CE + balance_weight * balance + z_loss_weight * router_z, each the mean over MoE layers.
+
+    CE is recomputed in float64 from the model's logits and the raw (unweighted)
+    balance and router_z from each layer's LayerAux, so a router loss left out of
+    the objective, counted twice, or weighted wrongly is caught.
+    """
+    from tasks.lm import LMTask
+
+    def run(balance_weight, z_loss_weight):
+        c = moe_cfg(balance_weight=balance_weight, z_loss_weight=z_loss_weight)
+        c.model.n_layers = 3
+        c.model.ffn_every = 1
+        task = LMTask(c)
+        model = task.build_model(nnx.Rngs(0))
+        batch = {k: jnp.asarray(v) for k, v in task.train_batch(0).items()}
+        loss, metrics = task.loss(model, batch, ForwardContext())
+        logits, _, aux = model(batch["inputs"])
+        assert len(aux) == 3
+        logits = np.asarray(logits, np.float64)
+        logz = np.log(np.sum(np.exp(logits - logits.max(-1, keepdims=True)), -1)) + logits.max(-1)
+        nll = logz - np.take_along_axis(logits, np.asarray(batch["targets"])[..., None], -1)[..., 0]
+        w = np.asarray(batch.get("weights", np.ones(nll.shape)), np.float64)
+        ce = float(np.sum(nll * w) / np.sum(w))
+        balance = float(np.mean([float(a.metrics["moe/balance"]) for a in aux]))
+        router_z = float(np.mean([float(a.metrics["moe/router_z"]) for a in aux]))
+        assert float(metrics["moe/balance"]) == pytest.approx(balance, rel=1e-6)
+        assert float(metrics["moe/router_z"]) == pytest.approx(router_z, rel=1e-6)
+        assert float(metrics["loss"]) == float(loss)
+        np.testing.assert_allclose(float(loss), ce + balance_weight * balance + z_loss_weight * router_z, rtol=1e-6)
+        return float(loss), balance, router_z
+
+    loss_a, balance, router_z = run(0.01, 1e-3)
+    assert balance > 0.5 and router_z > 0  # non-trivial terms
+    loss_b, balance_b, _ = run(0.51, 1e-3)
+    assert balance_b == balance  # the weight scales the term, it does not change the routing
+    # The differences cancel the CE (~5.5) in float32: rtol 1e-5 on them is ~1e-6 on the objective.
+    np.testing.assert_allclose(loss_b - loss_a, 0.5 * balance, rtol=1e-5)
+    loss_c, _, _ = run(0.01, 0.101)
+    np.testing.assert_allclose(loss_c - loss_a, 0.1 * router_z, rtol=1e-5)
+
+
+def test_collect_aux_adds_losses_only_and_eval_drops_breakdown():
+    from nn.layer_aux import LayerAux
+    from tasks.base import aux_eval_sums, collect_aux
+
+    f = jnp.float32
+    aux = [LayerAux({"x/a_loss": f(1.0)}, {"x/m": f(10.0)}, {"x/part/p0": f(0.5)}),
+           LayerAux.none(),  # a dense layer
+           LayerAux({"x/a_loss": f(3.0)}, {"x/m": f(20.0), "x/not_a_loss": f(7.0)}, {"x/part/p0": f(0.25)})]
+    extra, metrics = collect_aux(aux)
+    assert float(extra) == 2.0  # the mean over the two layers that report it; metrics never enter
+    assert {k: float(v) for k, v in metrics.items()} == {
+        "x/a_loss": 2.0, "x/a_loss/layer_0": 1.0, "x/a_loss/layer_2": 3.0, "x/m": 15.0, "x/m/layer_0": 10.0,
+        "x/m/layer_2": 20.0, "x/not_a_loss": 7.0, "x/not_a_loss/layer_2": 7.0, "x/part/p0": 0.375,
+        "x/part/p0/layer_0": 0.5, "x/part/p0/layer_2": 0.25}
+    assert {k: float(v) for k, v in aux_eval_sums(aux).items()} == {
+        "aux:x/a_loss": 2.0, "aux:x/m": 15.0, "aux:x/not_a_loss": 7.0, "aux:batches": 1.0}
+    with pytest.raises(ValueError, match="x/m"):
+        collect_aux([LayerAux({}, {"x/m": f(1.0)}, {}), LayerAux({"x/m": f(1.0)}, {}, {})])

@@ -41,9 +41,31 @@ def test_kernel_ignores_blocks_past_the_length_and_idle_rows_are_finite():
     assert np.isfinite(np.asarray(out)).all()
 
 
+def test_a_row_of_length_0_is_zeros_in_every_implementation():
+    """The cache never makes such a row today; if it ever does, the three paths must agree (zeros)."""
+    from inference.paged_attention import PAGED_IMPLS
+
+    rng = np.random.default_rng(2)
+    k_pool = jnp.asarray(rng.normal(size=(9, 8, 2, 16)), jnp.float32)
+    v_pool = jnp.asarray(rng.normal(size=(9, 8, 2, 16)), jnp.float32)
+    tables = jnp.array([[0, 1, 2, 3], [4, 5, 6, 7], [8, 8, 8, 8]], jnp.int32)
+    q = jnp.asarray(rng.normal(size=(3, 4, 16)), jnp.float32)
+    outs = {name: np.asarray(jax.jit(fn)(q, k_pool, v_pool, tables, jnp.array([10, 0, 0], jnp.int32)))
+            for name, fn in PAGED_IMPLS.items() if name != "pallas"}
+    outs["pallas"] = np.asarray(paged_decode_attention(q, k_pool, v_pool, tables, jnp.array([10, 0, 0], jnp.int32),
+                                                       interpret=True))
+    for name, out in outs.items():
+        np.testing.assert_array_equal(out[1:], 0.0, err_msg=name)
+        np.testing.assert_allclose(out[0], outs["gather"][0], atol=1e-5, rtol=1e-5, err_msg=name)
+        assert np.abs(out[0]).sum() > 0, name
+    # All rows empty: the blocked path runs no chunk at all and must still give zeros, not 0/0.
+    empty = jax.jit(PAGED_IMPLS["blocked"])(q, k_pool, v_pool, tables, jnp.zeros((3,), jnp.int32))
+    np.testing.assert_array_equal(np.asarray(empty), 0.0)
+
+
 @pytest.mark.slow
 def test_engine_with_the_kernel_gives_the_contiguous_tokens():
-    from test_inference_paged import contiguous_tokens, tiny_model
+    from conftest import contiguous_tokens, tiny_model
 
     from inference.scheduler import Engine, Request
 

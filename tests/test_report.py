@@ -296,6 +296,7 @@ def _cli(*args):
                           cwd=REPO, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_cli_success(tmp_path):
     _write_study(tmp_path)
     res = _cli(tmp_path, "--correction", "bh", "--baseline", "d_model=128")
@@ -454,6 +455,7 @@ def test_frontier_drops_warmup_levels_with_dense_evals():
     assert an["frontier_fit"]["b_ci_low"] <= 0.25 <= an["frontier_fit"]["b_ci_high"]
 
 
+@pytest.mark.slow
 def test_frontier_flags_unstable_winners():
     # "a" and "b" share one curve (and "c" joins them from 55% of the budget): who wins a level is seed noise
     sizes = {"a": (1e3, 500, (-1.2, 0.1)), "b": (2e3, 250, (-1.2, 0.1)), "c": (4e3, 125, (-0.26, 0.1))}

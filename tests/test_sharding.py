@@ -6,33 +6,11 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from trainer import loop
-from experiments.configs.defaults import apply_smoke, base_config
+from conftest import cfg_for, first_losses
 from nn.errors import MeshError
 from sharding.mesh import make_mesh, mesh_shape_from_config
 from sharding.axes import logical_to_spec
 from sharding.rules import rules_from_config
-
-
-def cfg_for(shape, rules):
-    c = apply_smoke(base_config())
-    c.model.update(d_model=64, n_heads=4, n_kv_heads=4, d_ff=128)
-    c.data.update(batch_size=16, seq_len=32)
-    c.mesh.shape.update(data=1, fsdp=1, tensor=1)
-    c.mesh.shape.update(**shape)
-    c.mesh.rules = rules
-    return c
-
-
-def first_losses(cfg, devices, n=3):
-    s = loop.setup(cfg, devices)
-    with jax.set_mesh(s.mesh):
-        state = loop.init_state(s)
-        step_fn = loop.jit_train_step(s, s.task.train_batch(0))
-        losses = []
-        for i in range(n):
-            state, m = step_fn(state, loop.to_global(s.task.train_batch(i), s.batch_shardings))
-            losses.append(float(m["train/loss"]))
-    return s, state, losses
 
 
 @pytest.fixture(scope="module")
