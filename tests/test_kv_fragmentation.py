@@ -43,7 +43,7 @@ def test_paged_serves_more_sequences_than_contiguous_in_the_same_budget():
 
 @pytest.mark.slow
 def test_study_smoke_writes_report_and_plot(tmp_path):
-    from experiments.studies import kv_fragmentation
+    from benchmarks import kv_fragmentation
 
     out = kv_fragmentation.main(["--smoke", "--out", str(tmp_path)])
     report = (tmp_path / "report.md").read_text()
