@@ -401,6 +401,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
             check_meta(ckpt.read_meta(ckpt.latest_step()))
             log.info("%s already holds a run finished at step %d (summary.json); nothing to do",
                      workdir, done["steps"])
+            ckpt.close()
             return {**done, "already_finished": True}
         with jax.set_mesh(s.mesh):
             start, state, saved_meta = ckpt.restore_newest(abstract_state(s), check_meta)
