@@ -12,7 +12,7 @@ setup(
     description="JAX/Flax NNX codebase for attention, MoE and CLIP scaling studies",
     python_requires=">=3.11",
     packages=find_packages(include=["attention*", "clip*", "models*", "sharding*", "data*", "tasks*", "trainer*",
-                                    "experiments*", "benchmarks*", "inference*", "kernels*", "moe*"]),
+                                    "experiments*", "benchmarks*", "inference*", "kernels*", "moe*", "nn*"]),
     py_modules=["train"],
     install_requires=[
         "jax>=0.10.2,<0.11",
