@@ -169,6 +169,28 @@ def aux_eval_metrics(sums: Mapping[str, float]) -> dict[str, float]:
     return {k[4:]: v / n for k, v in sums.items() if k.startswith("aux:") and k != "aux:batches"}
 
 
+def z_loss_weight(config) -> float:
+    """`optim.z_loss`: the weight of the output-logit z-loss (0: off)."""
+    return float(config.optim.get("z_loss", 0.0) or 0.0)
+
+
+def z_loss(logits_BTV: jax.Array, weights_BT: jax.Array | None, w_sum: jax.Array, weight: float):
+    """PaLM's auxiliary z-loss (Chowdhery et al. 2022, sec. 5): `weight` x the weighted mean of log^2 Z.
+
+    Z is the softmax normaliser of each position's output logits; the term
+    pulls log Z towards 0, which keeps the logits from drifting (a source of
+    loss spikes in long runs). Returns (the weighted term, metrics with it raw
+    and weighted), or (None, {}) when `weight` is 0, so a run without it
+    computes exactly what it did before the option existed.
+    """
+    if not weight:
+        return None, {}
+    logz_BT = jax.nn.logsumexp(logits_BTV.astype(jnp.float32), axis=-1)
+    w_BT = jnp.ones_like(logz_BT) if weights_BT is None else weights_BT.astype(jnp.float32)
+    raw = jnp.sum(jnp.square(logz_BT) * w_BT) / w_sum
+    return weight * raw, {"z_loss": raw, "z_loss_weighted": weight * raw}
+
+
 def cross_entropy(logits_BTV: jax.Array, targets_BT: jax.Array, weights_BT: jax.Array | None = None):
     """(sum of token losses, sum of weights, sum of correct predictions), in float32."""
     logits_BTV = logits_BTV.astype(jnp.float32)

@@ -16,7 +16,8 @@ from nn.errors import DataError
 from nn.errors import ConfigError
 from models.encoder import POOLINGS, EncoderClassifier
 from sharding import axes as ax
-from tasks.base import Task, aux_eval_metrics, aux_eval_sums, collect_aux, cross_entropy
+from tasks.base import (Task, aux_eval_metrics, aux_eval_sums, collect_aux, cross_entropy, z_loss,
+                        z_loss_weight)
 
 
 def validate_listops_config(config) -> None:
@@ -58,8 +59,10 @@ class ListOpsTask(Task):
         nll_sum, w_sum, correct = cross_entropy(logits_BC, batch["labels"], batch.get("weights"))
         ce = nll_sum / w_sum
         extra, aux_metrics = collect_aux(aux)
-        metrics = {"loss": ce + extra, "ce_loss": ce, "accuracy": correct / w_sum, **aux_metrics}
-        return ce + extra, metrics
+        z, z_metrics = z_loss(logits_BC, batch.get("weights"), w_sum, z_loss_weight(self.config))
+        total = ce + extra if z is None else ce + extra + z
+        metrics = {"loss": total, "ce_loss": ce, "accuracy": correct / w_sum, **aux_metrics, **z_metrics}
+        return total, metrics
 
     # --- data ----------------------------------------------------------------
     def batch_axes(self):

@@ -14,7 +14,8 @@ from models.lm import DecoderLM
 from models.decode import generate
 from models.sampling import SamplingParams
 from sharding import axes as ax
-from tasks.base import Task, aux_eval_metrics, aux_eval_sums, collect_aux, cross_entropy
+from tasks.base import (Task, aux_eval_metrics, aux_eval_sums, collect_aux, cross_entropy, z_loss,
+                        z_loss_weight)
 
 LN2 = math.log(2.0)
 
@@ -37,8 +38,11 @@ class LMTask(Task):
         nll_sum, w_sum, correct = cross_entropy(logits_BTV, batch["targets"], batch.get("weights"))
         ce = nll_sum / w_sum
         extra, aux_metrics = collect_aux(aux)
-        metrics = {"loss": ce + extra, "ce_loss": ce, "bpb": ce / LN2, "accuracy": correct / w_sum, **aux_metrics}
-        return ce + extra, metrics
+        z, z_metrics = z_loss(logits_BTV, batch.get("weights"), w_sum, z_loss_weight(self.config))
+        total = ce + extra if z is None else ce + extra + z
+        metrics = {"loss": total, "ce_loss": ce, "bpb": ce / LN2, "accuracy": correct / w_sum, **aux_metrics,
+                   **z_metrics}
+        return total, metrics
 
     # --- data ----------------------------------------------------------------
     def batch_axes(self):

@@ -1,26 +1,133 @@
-"""AdamW with linear warmup, cosine decay and global-norm clipping."""
+"""AdamW with global-norm clipping and a learning-rate schedule built from optax schedules.
+
+`optim.schedule` picks the shape (every one starts with a linear warmup from 0
+over `optim.warmup_steps` and ends at `learning_rate * min_lr_ratio`, except
+"constant"):
+
+- "cosine" (default): cosine decay from the peak to the end value at `train.num_steps`;
+- "wsd": warmup-stable-decay (MiniCPM, Hu et al. 2024; Hägele et al. 2024): the
+  peak is held until the last `decay_fraction` of the steps, which decay to the
+  end value, linearly or as 1 - sqrt (Hägele et al., eq. for the "(1-sqrt)" cooldown);
+- "constant": the peak after warmup, to the end.
+
+`optim.moment_dtype = "bfloat16"` stores both Adam moments in bfloat16 (half
+the optimizer memory); the update itself is computed in float32.
+"""
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import optax
+
+from nn.errors import ConfigError
+
+SCHEDULES = ("cosine", "wsd", "constant")
+DECAY_SHAPES = ("linear", "1-sqrt")
+MOMENT_DTYPES = ("float32", "bfloat16")
+
+
+def validate_optim_config(optim_cfg, num_steps: int) -> None:
+    """One-line ConfigErrors naming the field, before anything compiles."""
+    name = optim_cfg.get("schedule", "cosine")
+    if name not in SCHEDULES:
+        raise ConfigError(f"optim.schedule={name!r} must be one of {list(SCHEDULES)}")
+    if name == "wsd":
+        shape = optim_cfg.get("decay_shape", "1-sqrt")
+        if shape not in DECAY_SHAPES:
+            raise ConfigError(f"optim.decay_shape={shape!r} must be one of {list(DECAY_SHAPES)}")
+        frac = optim_cfg.get("decay_fraction", 0.2)
+        if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 < frac <= 1:
+            raise ConfigError(f"optim.decay_fraction={frac!r} must be a number in (0, 1]")
+        if int(optim_cfg.warmup_steps) + wsd_decay_steps(optim_cfg, num_steps) > num_steps:
+            raise ConfigError(
+                f"optim.warmup_steps={optim_cfg.warmup_steps} + the decay ({wsd_decay_steps(optim_cfg, num_steps)} "
+                f"steps: optim.decay_fraction={frac} of train.num_steps={num_steps}) exceed train.num_steps")
+    moments = optim_cfg.get("moment_dtype", "float32")
+    if moments not in MOMENT_DTYPES:
+        raise ConfigError(f"optim.moment_dtype={moments!r} must be one of {list(MOMENT_DTYPES)}")
+    z = optim_cfg.get("z_loss", 0.0)
+    if isinstance(z, bool) or not isinstance(z, (int, float)) or z < 0:
+        raise ConfigError(f"optim.z_loss={z!r} must be a number >= 0 (0: off)")
+
+
+def wsd_decay_steps(optim_cfg, num_steps: int) -> int:
+    """Length of the WSD decay phase: `decay_fraction` of the run, at least one step."""
+    return max(1, round(float(optim_cfg.get("decay_fraction", 0.2)) * num_steps))
+
+
+def one_minus_sqrt_schedule(init_value: float, end_value: float, transition_steps: int) -> optax.Schedule:
+    """init -> end over `transition_steps` as end + (init - end) * (1 - sqrt(t / transition_steps)).
+
+    optax has no such schedule (`polynomial_schedule(power=0.5)` is (1 - t)^0.5,
+    a different curve); this is the one piece written here, joined to optax's.
+    """
+    def schedule(count):
+        frac = jnp.clip(count / transition_steps, 0.0, 1.0)
+        return end_value + (init_value - end_value) * (1.0 - jnp.sqrt(frac))
+    return schedule
 
 
 def lr_schedule(optim_cfg, num_steps: int) -> optax.Schedule:
+    validate_optim_config(optim_cfg, num_steps)
     peak = float(optim_cfg.learning_rate)
     warmup = int(optim_cfg.warmup_steps)
-    return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=peak, warmup_steps=warmup,
-        decay_steps=max(num_steps, warmup + 1), end_value=peak * float(optim_cfg.min_lr_ratio),
-    )
+    end = peak * float(optim_cfg.min_lr_ratio)
+    name = optim_cfg.get("schedule", "cosine")
+    if name == "cosine":
+        return optax.warmup_cosine_decay_schedule(
+            init_value=0.0, peak_value=peak, warmup_steps=warmup,
+            decay_steps=max(num_steps, warmup + 1), end_value=end,
+        )
+    warm = optax.linear_schedule(0.0, peak, warmup)  # `count >= warmup` gives the peak (warmup 0 included)
+    if name == "constant":
+        return optax.join_schedules([warm, optax.constant_schedule(peak)], [warmup])
+    decay = wsd_decay_steps(optim_cfg, num_steps)
+    decay_start = num_steps - decay
+    if optim_cfg.get("decay_shape", "1-sqrt") == "linear":
+        cooldown = optax.linear_schedule(peak, end, decay)
+    else:
+        cooldown = one_minus_sqrt_schedule(peak, end, decay)
+    return optax.join_schedules([warm, optax.constant_schedule(peak), cooldown], [warmup, decay_start])
+
+
+def with_state_dtype(inner: optax.GradientTransformation, dtype) -> optax.GradientTransformation:
+    """`inner` whose floating-point state is stored in `dtype` and updated in float32.
+
+    (optax's `mu_dtype` covers the first Adam moment only; this covers both.)
+    """
+    def is_float(x):
+        return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)
+
+    def store(state):
+        return jax.tree.map(lambda x: x.astype(dtype) if is_float(x) else x, state)
+
+    def load(state):
+        return jax.tree.map(lambda x: x.astype(jnp.float32) if is_float(x) else x, state)
+
+    def init(params):
+        return store(inner.init(params))
+
+    def update(updates, state, params=None):
+        new_updates, new_state = inner.update(updates, load(state), params)
+        return new_updates, store(new_state)
+
+    return optax.GradientTransformation(init, update)
 
 
 def make_optimizer(optim_cfg, num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
     schedule = lr_schedule(optim_cfg, num_steps)
     # Decay matrices only: norm scales (1-D) keep their scale (as in GPT-2/nanoGPT).
     decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
-    tx = optax.chain(
-        optax.clip_by_global_norm(float(optim_cfg.grad_clip)),
-        optax.adamw(schedule, b1=float(optim_cfg.b1), b2=float(optim_cfg.b2), eps=float(optim_cfg.eps),
-                    weight_decay=float(optim_cfg.weight_decay), mask=decay_mask),
-    )
+    b1, b2, eps = float(optim_cfg.b1), float(optim_cfg.b2), float(optim_cfg.eps)
+    if optim_cfg.get("moment_dtype", "float32") == "float32":
+        adam = optax.adamw(schedule, b1=b1, b2=b2, eps=eps,
+                           weight_decay=float(optim_cfg.weight_decay), mask=decay_mask)
+    else:
+        # optax.adamw's own chain, with both moments stored in bfloat16.
+        adam = optax.chain(
+            with_state_dtype(optax.scale_by_adam(b1=b1, b2=b2, eps=eps), jnp.bfloat16),
+            optax.add_decayed_weights(float(optim_cfg.weight_decay), decay_mask),
+            optax.scale_by_learning_rate(schedule),
+        )
+    tx = optax.chain(optax.clip_by_global_norm(float(optim_cfg.grad_clip)), adam)
     return tx, schedule

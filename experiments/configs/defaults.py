@@ -99,6 +99,10 @@ def base_config() -> ml_collections.ConfigDict:
         learning_rate=3e-3, warmup_steps=100, min_lr_ratio=0.1, weight_decay=0.1,
         b1=0.9, b2=0.95, eps=1e-8, grad_clip=1.0,
         accum_steps=1,       # micro-batches per step (gradient accumulation)
+        schedule="cosine",   # cosine | wsd | constant, each after a linear warmup (trainer/optim.py)
+        decay_fraction=0.2, decay_shape="1-sqrt",  # wsd: the last 20% of steps decay (linear | 1-sqrt)
+        moment_dtype="float32",  # float32 | bfloat16: storage of both Adam moments
+        z_loss=0.0,          # weight of the output-logit z-loss w * mean(log^2 Z) (PaLM: 1e-4); 0: off
     ))
     c.train = ml_collections.ConfigDict(dict(
         num_steps=1000, log_every=50, eval_every=250, checkpoint_every=250, keep_checkpoints=2,

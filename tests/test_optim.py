@@ -1,0 +1,132 @@
+"""Optimizer and objective options (issue 18): LR schedules, z-loss, bfloat16 moments, per-group norms.
+
+Each is checked against an explicit formula or an explicit float32 reference.
+"""
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from conftest import smoke_cfg
+from nn.errors import ConfigError
+from trainer import optim
+
+PEAK, END_RATIO, WARMUP, STEPS = 1e-2, 0.1, 10, 100
+END = PEAK * END_RATIO
+
+
+def optim_cfg(**kw):
+    c = ml_collections.ConfigDict(dict(learning_rate=PEAK, warmup_steps=WARMUP, min_lr_ratio=END_RATIO,
+                                       schedule="cosine", decay_fraction=0.2, decay_shape="1-sqrt"))
+    c.update(kw)
+    return c
+
+
+def lr_at(cfg, steps):
+    sched = optim.lr_schedule(cfg, STEPS)
+    return np.array([float(sched(jnp.asarray(t, jnp.int32))) for t in steps])
+
+
+def warmup(t):
+    return PEAK * t / WARMUP
+
+
+STEPS_TO_CHECK = [0, 1, 5, 9, 10, 11, 50, 79, 80, 81, 85, 90, 99, 100, 120]
+
+
+def test_cosine_schedule_is_warmup_then_cosine_to_the_end_value():
+    def want(t):
+        if t < WARMUP:
+            return warmup(t)
+        frac = min(t - WARMUP, STEPS - WARMUP) / (STEPS - WARMUP)
+        return END + (PEAK - END) * 0.5 * (1 + math.cos(math.pi * frac))
+    np.testing.assert_allclose(lr_at(optim_cfg(), STEPS_TO_CHECK), [want(t) for t in STEPS_TO_CHECK],
+                               rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("shape", ["linear", "1-sqrt"])
+def test_wsd_schedule_holds_the_peak_then_decays_over_the_last_fraction(shape):
+    decay = round(0.2 * STEPS)  # 20 steps: 80 .. 100
+    start = STEPS - decay
+
+    def want(t):
+        if t < WARMUP:
+            return warmup(t)
+        if t < start:
+            return PEAK
+        frac = min((t - start) / decay, 1.0)
+        g = 1 - frac if shape == "linear" else 1 - math.sqrt(frac)
+        return END + (PEAK - END) * g
+
+    got = lr_at(optim_cfg(schedule="wsd", decay_shape=shape), STEPS_TO_CHECK)
+    np.testing.assert_allclose(got, [want(t) for t in STEPS_TO_CHECK], rtol=1e-5, atol=1e-9)
+    # The two shapes differ in the decay phase: 1-sqrt drops faster at first (Hägele et al. 2024).
+    assert got[STEPS_TO_CHECK.index(85)] == pytest.approx(want(85), rel=1e-5)
+
+
+def test_constant_schedule_and_zero_warmup():
+    got = lr_at(optim_cfg(schedule="constant"), STEPS_TO_CHECK)
+    np.testing.assert_allclose(got, [warmup(t) if t < WARMUP else PEAK for t in STEPS_TO_CHECK], rtol=1e-6)
+    np.testing.assert_allclose(lr_at(optim_cfg(schedule="wsd", warmup_steps=0, decay_shape="linear"), [0, 79, 90]),
+                               [PEAK, PEAK, END + (PEAK - END) * 0.5], rtol=1e-6)
+
+
+@pytest.mark.parametrize("field,value,msg", [
+    ("schedule", "cosin", "optim.schedule='cosin' must be one of ['cosine', 'wsd', 'constant']"),
+    ("decay_shape", "sqrt", "optim.decay_shape='sqrt' must be one of ['linear', '1-sqrt']"),
+    ("decay_fraction", 0.0, "optim.decay_fraction=0.0 must be a number in (0, 1]"),
+    ("decay_fraction", 0.95, "exceed train.num_steps"),
+    ("moment_dtype", "float16", "optim.moment_dtype='float16' must be one of ['float32', 'bfloat16']"),
+    ("z_loss", -1e-4, "optim.z_loss=-0.0001 must be a number >= 0"),
+])
+def test_bad_optim_values_are_one_line_config_errors(field, value, msg):
+    cfg = optim_cfg(schedule="wsd", moment_dtype="float32", z_loss=0.0)
+    cfg[field] = value
+    with pytest.raises(ConfigError, match=None) as e:
+        optim.make_optimizer(cfg if field != "x" else cfg, STEPS)
+    assert msg in str(e.value) and "\n" not in str(e.value)
+
+
+def test_z_loss_objective_is_ce_plus_weight_times_mean_log_z_squared(devices):
+    """The LM task's objective and metrics against CE and log-sum-exp computed in float64 numpy."""
+    from flax import nnx
+
+    from nn.context import ForwardContext
+    from tasks.base import z_loss
+    from trainer import loop
+
+    w = 0.01
+    cfg = smoke_cfg()
+    cfg.optim.z_loss = w
+    s = loop.setup(cfg, devices[:1])
+    task, graphdef = s.task, s.graphdef
+    with jax.set_mesh(s.mesh):
+        params = loop.init_state(s)["params"]  # jitted (building the model eagerly takes seconds)
+    batch = {k: jnp.asarray(v) for k, v in task.train_batch(0).items()}
+    # Weights with zeros (padding): both terms are means over the weighted positions only.
+    batch["weights"] = jnp.asarray(np.random.default_rng(0).random(batch["targets"].shape) < 0.7, jnp.float32)
+
+    @jax.jit
+    def run(params, batch):
+        model = nnx.merge(graphdef, params)
+        ctx = ForwardContext(train=False, step=jnp.zeros((), jnp.int32), rng=jax.random.key(0))
+        return task.loss(model, batch, ctx), model(batch["inputs"])[0]
+
+    (loss, metrics), logits = run(params, batch)
+    logits = np.asarray(logits, np.float64)
+    m = logits.max(-1, keepdims=True)
+    lse = (m + np.log(np.exp(logits - m).sum(-1, keepdims=True)))[..., 0]
+    tgt = np.take_along_axis(logits, np.asarray(batch["targets"])[..., None].astype(np.int64), -1)[..., 0]
+    wts = np.asarray(batch["weights"], np.float64)
+    ce = ((lse - tgt) * wts).sum() / wts.sum()
+    z_raw = (lse ** 2 * wts).sum() / wts.sum()
+    assert z_raw > 1.0  # log Z of a fresh model is about log(256): the term is not trivially 0
+    assert float(metrics["ce_loss"]) == pytest.approx(ce, rel=1e-5)
+    assert float(metrics["z_loss"]) == pytest.approx(z_raw, rel=1e-5)
+    assert float(metrics["z_loss_weighted"]) == pytest.approx(w * z_raw, rel=1e-5)
+    assert float(loss) == float(metrics["loss"]) == pytest.approx(ce + w * z_raw, rel=1e-5)
+    # Off (the default): no term and no metric, so the objective is what it was before the option.
+    assert z_loss(jnp.asarray(logits), batch["weights"], 1.0, 0.0) == (None, {})
