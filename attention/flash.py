@@ -6,6 +6,7 @@
             mode: exact but slow, for tests); on TPU jax's bundled splash
             attention (kernels/flash_attention/splash_tpu.py), because our
             kernels' block layout is GPU-only;
+- "cudnn":  dense attention through cuDNN's fused kernel (attention/dense_cudnn.py), GPU only;
 - "auto":   "pallas" on GPU and TPU, "xla" on CPU.
 The choice is made when the model is traced, from `jax.default_backend()`.
 On TPU two cases stay on XLA: dense attention with explicit positions (KV-cache
@@ -30,7 +31,7 @@ from attention.dense_xla import dense_attention_xla
 from kernels.flash_attention import flash_attention
 from kernels.flash_attention.splash_tpu import splash_attention_tpu
 
-IMPLS = ("xla", "pallas", "auto")
+IMPLS = ("xla", "pallas", "cudnn", "auto")  # "cudnn": dense attention only (attention/dense_cudnn.py)
 
 
 def backend() -> str:
@@ -39,7 +40,7 @@ def backend() -> str:
 
 
 def resolve_impl(impl: str, platform: str | None = None) -> str:
-    """"xla" or "pallas" for a configured `model.attention_impl`."""
+    """"xla", "pallas" or "cudnn" for a configured `model.attention_impl`."""
     if impl not in IMPLS:
         raise KeyError(f"model.attention_impl={impl!r} is not available; choose one of {sorted(IMPLS)}")
     if impl != "auto":

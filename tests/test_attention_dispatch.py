@@ -25,7 +25,8 @@ def test_auto_picks_pallas_on_accelerators_only():
     assert resolve_impl("auto", "gpu") == resolve_impl("auto", "tpu") == "pallas"
     assert resolve_impl("auto", "cpu") == "xla"
     assert resolve_impl("pallas", "cpu") == "pallas"
-    assert set(DENSE_IMPLS) == {"xla", "pallas", "auto"}
+    assert set(DENSE_IMPLS) == {"xla", "pallas", "cudnn", "auto"}
+    assert resolve_impl("cudnn", "gpu") == "cudnn"
 
 
 def test_config_accepts_the_impls_and_names_a_bad_one():
@@ -36,6 +37,34 @@ def test_config_accepts_the_impls_and_names_a_bad_one():
     with pytest.raises(ConfigError, match="no kernel for model.attention='performer'"):
         validate_model_config(model_cfg(attention_impl="pallas", attention="performer"))
     validate_model_config(model_cfg(attention_impl="auto", attention="performer"))
+    with pytest.raises(ConfigError, match="'cudnn' needs an NVIDIA GPU .this backend is 'cpu'"):
+        validate_model_config(model_cfg(attention_impl="cudnn"))
+    with pytest.raises(ConfigError, match="'cudnn' is for dense attention, not model.attention='performer'"):
+        validate_model_config(model_cfg(attention_impl="cudnn", attention="performer"))
+
+
+@pytest.mark.slow
+def test_cudnn_core_maps_every_mask_onto_dot_product_attention(monkeypatch):
+    """The cuDNN core's mapping of our masks (native causal/window/lengths, else a boolean mask) against the
+    oracle, run through jax.nn.dot_product_attention's XLA implementation (cuDNN itself needs a GPU)."""
+    from attention import dense_cudnn
+    from attention.reference import reference_attention
+
+    q = jax.random.normal(jax.random.key(0), (2, 24, 4, 8))
+    k, v = (jax.random.normal(jax.random.key(i), (2, 24, 2, 8)) for i in (1, 2))
+    with pytest.raises(ConfigError, match="needs an NVIDIA GPU"):
+        dense_cudnn.dense_attention_cudnn(q, k, v)
+    monkeypatch.setattr(dense_cudnn, "IMPLEMENTATION", "xla")
+    seg = jnp.array([[1] * 10 + [2] * 14, [1] * 20 + [0] * 4])
+    pos = jnp.broadcast_to(jnp.arange(24), (2, 24))
+    masks = (dict(causal=True, window=(5, None)), dict(window=(3, 0)), dict(window=(3, 4)),
+             dict(causal=True, kv_lengths_B=jnp.array([7, 0])), dict(q_segment_ids_BT=seg, kv_segment_ids_BS=seg),
+             dict(causal=True, q_positions_BT=pos + 3, kv_positions_BS=pos))
+    # One jit for all cases: eager dispatch of nine small attentions costs more than compiling them once.
+    diffs = jax.jit(lambda q, k, v: [jnp.max(jnp.abs(dense_cudnn.dense_attention_cudnn(q, k, v, **m)
+                                                     - reference_attention(q, k, v, **m))) for m in masks])(q, k, v)
+    for m, d in zip(masks, diffs):
+        assert float(d) < 1e-5, (list(m), float(d))
 
 
 def test_dense_core_dispatch():
