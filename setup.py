@@ -33,6 +33,8 @@ setup(
         "scipy>=1.14,<2",
         "matplotlib>=3.9,<4",
         "pillow>=10.4,<14",
+        "grain>=0.2.18,<0.3",        # the input pipeline (data/pipeline.py)
+        "tokenizers>=0.23,<0.24",    # BPE training and tokenizer.json files (data/tokenizer.py)
     ],
     extras_require={
         "dev": [

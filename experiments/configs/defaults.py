@@ -88,7 +88,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.model = default_model_config()
     c.data = ml_collections.ConfigDict(dict(
-        path="",             # "" = the embedded pydoc corpus; else a UTF-8 file or folder of .txt
+        corpus="pydoc",      # pydoc | stdlib | path (data.path): embedded corpora, docs/data.md
+        path="",             # a UTF-8 file, or a folder of .txt / .jsonl (`text` field); sets corpus="path"
+        tokenizer="bytes",   # bytes | a tokenizer.json / sentencepiece .model | "bpe:N" (trained once, cached)
+        packed=False,        # True: prepared shards, grain, documents packed with segment ids (docs/data.md);
+                             # implied by a non-byte tokenizer, stdlib, a mixture or data.shards
+        mixture=ml_collections.FieldReference(None, field_type=object),  # {"stdlib": 0.8, "pydoc": 0.2}
+        shards="",           # a folder written by `python -m data.prepare` ("" = prepare into the cache)
+        cache_dir="",        # "" = $SCALING_STUDIES_DATA or ~/.cache/scaling-studies/data
+        prefetch=2,          # batches read ahead (grain threads)
+        workers=0,           # grain worker processes (0: read in this process's threads)
         seq_len=128,
         batch_size=32,       # global batch (all devices, all processes)
         eval_batch_size=0,   # 0: same as batch_size
