@@ -1,4 +1,5 @@
-"""Pallas paged-attention decode kernel (interpret mode) against the pure-jnp gather reference."""
+"""Pallas paged-attention decode kernel against the pure-jnp gather reference: interpret mode on CPU, Triton on a GPU
+(`interpret=None`, so benchmarks/gpu_kernels.sh runs these compiled); its Triton lowering is checked on CPU too."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,7 +22,7 @@ def test_kernel_matches_the_gather_reference(N, K, bs, dtype, tol):
     tables = jnp.asarray(rng.permutation(nb)[: B * L].reshape(B, L), jnp.int32)
     lengths = jnp.array([1, bs, bs + 3, L * bs], jnp.int32)  # one token, a full block, a partial one, all
     q = jnp.asarray(rng.normal(size=(B, N, H)), dtype)
-    got = paged_decode_attention(q, k_pool, v_pool, tables, lengths, interpret=True)
+    got = paged_decode_attention(q, k_pool, v_pool, tables, lengths, interpret=None)
     want = jax.jit(paged_decode_attention_ref)(q, k_pool, v_pool, tables, lengths)
     np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), atol=tol, rtol=tol)
 
@@ -33,10 +34,10 @@ def test_kernel_ignores_blocks_past_the_length_and_idle_rows_are_finite():
     tables = jnp.array([[0, 1, 2, 3], [4, 5, 8, 8]], jnp.int32)
     q = jnp.asarray(rng.normal(size=(2, 4, 16)), jnp.float32)
     lengths = jnp.array([10, 0], jnp.int32)
-    out = paged_decode_attention(q, k_pool, v_pool, tables, lengths, interpret=True)
+    out = paged_decode_attention(q, k_pool, v_pool, tables, lengths, interpret=None)
     # Garbage in blocks 2, 3 (past row 0's 10 tokens) must not change row 0.
     poisoned = k_pool.at[2:4].set(1e4)
-    out2 = paged_decode_attention(q, poisoned, v_pool.at[2:4].set(jnp.nan), tables, lengths, interpret=True)
+    out2 = paged_decode_attention(q, poisoned, v_pool.at[2:4].set(jnp.nan), tables, lengths, interpret=None)
     np.testing.assert_array_equal(out[0], out2[0])
     assert np.isfinite(np.asarray(out)).all()
 
@@ -53,7 +54,7 @@ def test_a_row_of_length_0_is_zeros_in_every_implementation():
     outs = {name: np.asarray(jax.jit(fn)(q, k_pool, v_pool, tables, jnp.array([10, 0, 0], jnp.int32)))
             for name, fn in PAGED_IMPLS.items() if name != "pallas"}
     outs["pallas"] = np.asarray(paged_decode_attention(q, k_pool, v_pool, tables, jnp.array([10, 0, 0], jnp.int32),
-                                                       interpret=True))
+                                                       interpret=None))
     for name, out in outs.items():
         np.testing.assert_array_equal(out[1:], 0.0, err_msg=name)
         np.testing.assert_allclose(out[0], outs["gather"][0], atol=1e-5, rtol=1e-5, err_msg=name)
@@ -75,3 +76,13 @@ def test_engine_with_the_kernel_gives_the_contiguous_tokens():
     engine = Engine(model, num_blocks=12, block_size=8, max_batch=2, context=32, impl="pallas")
     got = engine.run([Request(i, p, 8) for i, p in enumerate(prompts)])
     assert [got[i] for i in range(3)] == want
+
+
+def test_triton_lowering():
+    """The GPU path lowers to Triton (not Mosaic GPU, which would stage the whole pools in shared memory)."""
+    q = jnp.zeros((4, 8, 64), jnp.bfloat16)
+    pool = jnp.zeros((30, 16, 2, 64), jnp.bfloat16)
+    f = jax.jit(lambda q, k, v, t, n: paged_decode_attention(q, k, v, t, n, interpret=False))
+    text = f.trace(q, pool, pool, jnp.zeros((4, 6), jnp.int32), jnp.full((4,), 20, jnp.int32)).lower(
+        lowering_platforms=("cuda",)).as_text()
+    assert "triton" in text.lower() and "mosaic" not in text.lower()

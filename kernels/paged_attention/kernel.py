@@ -33,14 +33,16 @@ def _decode_kernel(tables_ref, lengths_ref, q_ref, k_ref, v_ref, o_ref, *, block
         phys = tables_ref[0, l]
         k_bH = k_ref[phys, :, kv_head, :].astype(jnp.float32)
         v_bH = v_ref[phys, :, kv_head, :].astype(jnp.float32)
-        logits_Gb = jnp.dot(q_GH, k_bH.T, preferred_element_type=jnp.float32)
+        # Broadcast-and-sum rather than jnp.dot: G (query heads per KV head) is 1..8, below the 16 rows a
+        # Triton tl.dot needs, and a decode step is bound by reading K/V, not by these products.
+        logits_Gb = jnp.sum(q_GH[:, None, :] * k_bH[None, :, :], axis=-1)
         pos_b = l * block_size + jax.lax.broadcasted_iota(jnp.int32, (1, block_size), 1)
         logits_Gb = jnp.where(pos_b < length, logits_Gb, -1e30)
         m_new_G = jnp.maximum(m_G, logits_Gb.max(axis=-1))
         p_Gb = jnp.exp(logits_Gb - m_new_G[:, None])
         corr_G = jnp.exp(m_G - m_new_G)
         s_G = s_G * corr_G + p_Gb.sum(axis=-1)
-        acc_GH = acc_GH * corr_G[:, None] + jnp.dot(p_Gb, v_bH, preferred_element_type=jnp.float32)
+        acc_GH = acc_GH * corr_G[:, None] + jnp.sum(p_Gb[:, :, None] * v_bH[None, :, :], axis=1)
         return m_new_G, s_G, acc_GH
 
     init = (jnp.full((G,), -1e30, jnp.float32), jnp.zeros((G,), jnp.float32), jnp.zeros((G, H), jnp.float32))
@@ -63,6 +65,13 @@ def paged_decode_attention(q_BNH: jax.Array, k_pool_PbKH: jax.Array, v_pool_PbKH
     G = N // K
     if interpret is None:
         interpret = jax.default_backend() == "cpu"
+    compiler_params = None
+    if not interpret:
+        # Triton, as the other kernels here: without these parameters a GPU pallas_call goes to Mosaic GPU,
+        # which stages every block (the whole pools) in shared memory and so cannot compile this layout.
+        from jax.experimental.pallas import triton as plgpu  # noqa: PLC0415 (GPU only)
+
+        compiler_params = plgpu.CompilerParams(num_warps=4, num_stages=2)
     q_BKGH = q_BNH.reshape(B, K, G, H)  # query head n = k * G + g
     pool_spec = pl.BlockSpec((P, bs, K, H), lambda b, k: (0, 0, 0, 0))
     out_BKGH = pl.pallas_call(
@@ -78,5 +87,6 @@ def paged_decode_attention(q_BNH: jax.Array, k_pool_PbKH: jax.Array, v_pool_PbKH
         out_specs=pl.BlockSpec((1, 1, G, H), lambda b, k: (b, k, 0, 0)),
         out_shape=jax.ShapeDtypeStruct((B, K, G, H), q_BNH.dtype),
         interpret=interpret,
+        compiler_params=compiler_params,
     )(block_tables_BL.astype(jnp.int32), lengths_B.astype(jnp.int32), q_BKGH, k_pool_PbKH, v_pool_PbKH)
     return out_BKGH.reshape(B, N, H)
