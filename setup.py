@@ -31,6 +31,7 @@ setup(
         "tqdm>=4.66,<5",
         "tensorboardX>=2.6,<3",
         "scipy>=1.14,<2",
+        "threadpoolctl>=3.1,<4",     # one BLAS thread in the scaling-law fits (experiments/study/scaling.py)
         "matplotlib>=3.9,<4",
         "pillow>=10.4,<14",
         "grain>=0.2.18,<0.3",        # the input pipeline (data/pipeline.py)
