@@ -130,3 +130,79 @@ def test_z_loss_objective_is_ce_plus_weight_times_mean_log_z_squared(devices):
     assert float(loss) == float(metrics["loss"]) == pytest.approx(ce + w * z_raw, rel=1e-5)
     # Off (the default): no term and no metric, so the objective is what it was before the option.
     assert z_loss(jnp.asarray(logits), batch["weights"], 1.0, 0.0) == (None, {})
+
+
+def _explicit_group_sq(tree) -> dict[str, float]:
+    """{group: sum of squares} in float64 from the unscanned tree: blocks.<i> -> layer_<i>, else the top key."""
+    out: dict[str, float] = {}
+    for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        keys = [getattr(k, "key", getattr(k, "idx", None)) for k in path]
+        name = f"layer_{keys[1]}" if keys[0] == "blocks" else str(keys[0])
+        out[name] = out.get(name, 0.0) + float((np.asarray(x, np.float64) ** 2).sum())
+    return out
+
+
+def test_per_group_norms_of_one_step_equal_explicit_norms(devices):
+    """One train step of the smoke LM: each group's logged norms against the params, grads and update in numpy."""
+    from flax import nnx
+
+    from nn.context import ForwardContext
+    from trainer import loop
+
+    cfg = smoke_cfg()  # the shared smoke run's config: its compiled train step is reused
+    s = loop.setup(cfg, devices[:1])
+    with jax.set_mesh(s.mesh):
+        step_fn = loop.jit_train_step(s, s.task.train_batch(0))
+        # Step 0 runs at learning rate 0 (the warmup starts there) and leaves the parameters as they were;
+        # step 1 is the one checked.
+        state, _ = step_fn(loop.init_state(s), loop.to_global(s.task.train_batch(0), s.batch_shardings))
+        p0 = jax.device_get(state["params"])
+        batch = loop.to_global(s.task.train_batch(1), s.batch_shardings)
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), 1)
+
+        @jax.jit
+        def grads_of(params, batch):
+            def f(p):
+                ctx = ForwardContext(train=True, step=jnp.asarray(1, jnp.int32), rng=rng)
+                return s.task.loss(nnx.merge(s.graphdef, p), batch, ctx)[0]
+            return jax.grad(f)(params)
+
+        g = jax.device_get(grads_of(state["params"], batch))
+        new_state, m = step_fn(state, batch)
+        p1 = jax.device_get(new_state["params"])
+    m = jax.device_get(m)
+    pn, gn = _explicit_group_sq(p0), _explicit_group_sq(g)
+    un = _explicit_group_sq(jax.tree.map(lambda a, b: np.asarray(b, np.float64) - a, p0, p1))
+    assert sorted(pn) == ["embed", "final_norm", "layer_0", "layer_1"]
+    assert {k.split("/", 2)[2] for k in m if k.startswith("train/param_norm/")} == set(pn)
+    for name in pn:
+        assert m[f"train/param_norm/{name}"] == pytest.approx(math.sqrt(pn[name]), rel=1e-5)
+        assert m[f"train/grad_norm/{name}"] == pytest.approx(math.sqrt(gn[name]), rel=1e-4)
+        # p1 - p0 in float32 carries the rounding of p1 (|p| ~ 20x the update): 1e-4 relative.
+        assert m[f"train/update_norm/{name}"] == pytest.approx(math.sqrt(un[name]), rel=1e-4)
+        assert m[f"train/update_ratio/{name}"] == pytest.approx(math.sqrt(un[name] / pn[name]), rel=1e-4)
+        assert m[f"train/update_norm/{name}"] > 0
+    assert m["train/grad_norm"] == pytest.approx(math.sqrt(sum(gn.values())), rel=1e-4)
+    assert m["train/param_norm"] == pytest.approx(math.sqrt(sum(pn.values())), rel=1e-5)
+
+
+def test_scanned_layout_gives_the_same_groups_as_the_unscanned_one():
+    """`layers.<j>` stacked over G scan steps (models/stack.py) -> layer_<g * P + j>, as `blocks.<i>` gives."""
+    from trainer.norms import group_sq_sums
+
+    rng = np.random.default_rng(0)
+    n_layers, period = 6, 2
+    blocks = {i: {"attn": {"w": rng.normal(size=(3, 4))}, "norm": rng.normal(size=(4,))} for i in range(n_layers)}
+    unscanned = {"embed": {"t": rng.normal(size=(5, 4))}, "blocks": blocks}
+    stack = lambda j, f: np.stack([f(blocks[g * period + j]) for g in range(n_layers // period)])  # noqa: E731
+    scanned = {"embed": unscanned["embed"],
+               "layers": {j: {"attn": {"w": stack(j, lambda b: b["attn"]["w"])}, "norm": stack(j, lambda b: b["norm"])}
+                          for j in range(period)}}
+    a, b = group_sq_sums(unscanned), group_sq_sums(scanned)
+    assert sorted(a) == sorted(b) == sorted(["embed", *(f"layer_{i}" for i in range(n_layers))])
+    want = _explicit_group_sq(unscanned)
+    for k in a:
+        assert float(a[k]) == pytest.approx(want[k], rel=1e-5) and float(b[k]) == pytest.approx(want[k], rel=1e-5)
+    # A prefix above the blocks is kept (CLIP towers).
+    assert sorted(group_sq_sums({"image": unscanned, "logit_scale": np.ones(())})) == sorted(
+        ["image", "logit_scale", *(f"image.layer_{i}" for i in range(n_layers))])

@@ -33,7 +33,7 @@ from sharding.axes import logical_rules, logical_to_spec
 from sharding.mesh import make_mesh
 from sharding.rules import logical_axes_of, rules_from_config, tree_shardings
 from tasks import get_task
-from trainer import nan_guard
+from trainer import nan_guard, norms
 from trainer.checkpoint import Checkpointer, check_compatible
 from trainer.metrics import higher_is_better
 from trainer.nan_guard import NanMonitor, NonFiniteError
@@ -126,7 +126,7 @@ def config_to_dict(config) -> dict:
 # --------------------------------------------------------------------------
 
 def train_step(state: dict, batch: dict, *, graphdef, task, tx, schedule, accum_steps: int, rules,
-               nan_policy: str = "raise", nan_injection=None):
+               nan_policy: str = "raise", nan_injection=None, log_norms: bool = False):
     """(state, batch) -> (state, metrics). Metrics are scalars, namespaced `train/...`.
 
     Two `nan_guard/...` entries flag a non-finite loss or gradient (the loop
@@ -171,6 +171,8 @@ def train_step(state: dict, batch: dict, *, graphdef, task, tx, schedule, accum_
         metrics[nan_guard.LEAF] = first_bad_leaf
         metrics["train/grad_norm"] = optax.tree.norm(grads)
         metrics["train/lr"] = schedule(state["step"])
+        if log_norms:
+            metrics.update(norms.group_norms(state["params"], grads, updates))
         new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1, "rng": state["rng"],
                      "stats": stats}
         return new_state, metrics
@@ -245,7 +247,8 @@ def jit_train_step(s: Setup, example_batch: dict):
     return jax.jit(
         functools.partial(train_step, graphdef=s.graphdef, task=s.task, tx=s.tx, schedule=s.schedule,
                           accum_steps=int(s.config.optim.accum_steps), rules=s.rules,
-                          nan_policy=s.nan_policy, nan_injection=s.nan_injection),
+                          nan_policy=s.nan_policy, nan_injection=s.nan_injection,
+                          log_norms=bool(s.config.train.get("log_norms", False))),
         in_shardings=(s.state_shardings, {k: s.batch_shardings[k] for k in example_batch}),
         out_shardings=(s.state_shardings, None),
         donate_argnums=0,

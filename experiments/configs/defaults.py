@@ -120,6 +120,9 @@ def base_config() -> ml_collections.ConfigDict:
         nan_policy="raise",  # raise | skip: a non-finite loss/gradient stops the run or drops that update
         debug_nan_step=0, debug_nan_param="",  # test-only: NaN into one gradient at one step (nan_guard.py)
         init_from="",        # "<workdir>[:step]": a new run starts from that run's parameters (not its optimizer)
+        log_norms=True,      # per-layer-group parameter/gradient/update norms at log_every (trainer/norms.py)
+        profile_steps=(0, 0),  # (start, stop), stop > start: a jax.profiler trace of those steps in <workdir>/profile
+        wandb_project="",    # non-empty: also log to Weights & Biases (pip install wandb; WANDB_MODE=offline works)
     ))
     c.sample = ml_collections.ConfigDict(dict(prompt="The ", num_tokens=64, temperature=0.8, top_k=0))
     c.mesh = ml_collections.ConfigDict(dict(
