@@ -24,6 +24,8 @@ __all__ = [
     "fit_power_law",
     "refit_power_law",
     "steps_for_budget",
+    "trend_test",
+    "jonckheere_terpstra",
 ]
 
 
@@ -355,6 +357,107 @@ def refit_power_law(x, y, start: dict) -> dict:
     p0 = (float(start["log_a"]) - b0 * lx0, b0, max(float(start["c"]), 0.0))
     log_amp, b, c = (float(v) for v in _fit(np.log(x) - lx0, y, p0))
     return {"a": math.exp(log_amp + b * lx0), "b": b, "c": c, "log_a": log_amp + b * lx0}
+
+
+def trend_test(levels, values, confidence: float = 0.95) -> dict:
+    """Dose-response: ordinary least squares of the metric on log2(level), every (level, seed) a point.
+
+    ``levels`` (positive: batch size, experts, width...) and ``values`` are per run. The slope is the
+    change of the metric per doubling of the level; its CI is Student's t with n - 2 degrees of
+    freedom (``scipy.stats.linregress``), p is the two-sided test of slope 0. Needs >= 2 distinct
+    levels and >= 3 runs.
+
+    Returns dict(slope, ci_low, ci_high, p, intercept, r2, n, n_levels, df, confidence, test).
+    """
+    x = _as_1d(levels, "levels")
+    y = _as_1d(values, "values")
+    if x.size != y.size:
+        raise ValueError(f"levels and values must have the same length, got {x.size} and {y.size}")
+    if np.any(x <= 0):
+        raise ValueError(f"levels must be positive for a trend on log2(level), got min {x.min():g}")
+    k = int(np.unique(x).size)
+    if k < 2 or x.size < 3:
+        raise ValueError(f"a trend test needs >= 2 distinct levels and >= 3 runs, got {k} and {x.size}")
+    lx = np.log2(x)
+    res = stats.linregress(lx, y)
+    df = x.size - 2
+    half = float(stats.t.ppf(0.5 + confidence / 2, df)) * float(res.stderr)
+    return {"slope": float(res.slope), "ci_low": float(res.slope) - half, "ci_high": float(res.slope) + half,
+            "p": float(res.pvalue), "intercept": float(res.intercept), "r2": float(res.rvalue) ** 2,
+            "n": int(x.size), "n_levels": k, "df": df, "confidence": confidence,
+            "test": "OLS slope on log2(level)"}
+
+
+def jonckheere_terpstra(groups, alternative: str = "two-sided", n_perm: int = 10000, seed: int = 0) -> dict:
+    """Jonckheere-Terpstra test for an ordered alternative across groups in level order.
+
+    J = sum over pairs of groups i < j of #{(x in i, y in j): y > x} + 0.5 #{ties}. The p-value is
+    the permutation distribution of J (exact over all relabellings when there are at most n_perm of
+    them, else n_perm random permutations with a fixed seed; Monte Carlo p counts the observed
+    arrangement). ``alternative``: "increasing", "decreasing" or "two-sided" (twice the smaller tail).
+
+    Returns dict(J, expected, p, alternative, exact, n_perm).
+    """
+    gs = [_as_1d(g, "group") for g in groups]
+    if len(gs) < 2 or any(g.size == 0 for g in gs):
+        raise ValueError("the Jonckheere-Terpstra test needs >= 2 non-empty groups")
+    if alternative not in ("increasing", "decreasing", "two-sided"):
+        raise ValueError(f"unknown alternative {alternative!r}")
+    sizes = [g.size for g in gs]
+    allv = np.concatenate(gs)
+    labels = np.repeat(np.arange(len(gs)), sizes)
+
+    # cmp[i, k] = 1 if value k > value i, 0.5 on a tie: J sums it over pairs with label_i < label_k.
+    cmp = (allv[None, :] > allv[:, None]) + 0.5 * (allv[None, :] == allv[:, None])
+
+    def stat(labs):  # labs: (m, n) label rows -> (m,) statistics
+        labs = np.atleast_2d(labs)
+        out = np.empty(labs.shape[0])
+        for i in range(0, labs.shape[0], 2048):
+            lb = labs[i:i + 2048]
+            out[i:i + 2048] = np.sum((lb[:, :, None] < lb[:, None, :]) * cmp[None], axis=(1, 2))
+        return out
+
+    obs = float(stat(labels)[0])
+    n_total = math.factorial(allv.size)
+    for s_ in sizes:
+        n_total //= math.factorial(s_)
+    exact = n_total <= n_perm
+    if exact:
+        import itertools as _it
+
+        dist = stat(np.array(_multiset_labelings(sizes, _it)))
+        ge, le = float(np.mean(dist >= obs - 1e-9)), float(np.mean(dist <= obs + 1e-9))
+    else:
+        rng = np.random.default_rng(seed)
+        dist = stat(np.array([rng.permutation(labels) for _ in range(n_perm)]))
+        ge = (1 + float(np.sum(dist >= obs - 1e-9))) / (n_perm + 1)
+        le = (1 + float(np.sum(dist <= obs + 1e-9))) / (n_perm + 1)
+    p = {"increasing": ge, "decreasing": le, "two-sided": min(1.0, 2 * min(ge, le))}[alternative]
+    expected = (allv.size ** 2 - sum(s_ * s_ for s_ in sizes)) / 4
+    return {"J": obs, "expected": float(expected), "p": float(p), "alternative": alternative, "exact": exact,
+            "n_perm": int(n_total if exact else n_perm)}
+
+
+def _multiset_labelings(sizes, it):
+    """Every distinct assignment of group labels to positions, groups of the given sizes."""
+    n = sum(sizes)
+    out = []
+
+    def rec(pos_left, g, lab):
+        if g == len(sizes) - 1:
+            lab = lab.copy()
+            lab[list(pos_left)] = g
+            out.append(lab)
+            return
+        for chosen in it.combinations(pos_left, sizes[g]):
+            nl = lab.copy()
+            nl[list(chosen)] = g
+            rest = tuple(p for p in pos_left if p not in chosen)
+            rec(rest, g + 1, nl)
+
+    rec(tuple(range(n)), 0, np.zeros(n, dtype=int))
+    return out
 
 
 def steps_for_budget(mode: str, value: float, flops_per_token: float, tokens_per_step: int) -> int:
