@@ -36,25 +36,33 @@ def peak_flops(kind: str) -> float | None:
     return next((v for k, v in PEAK_BF16.items() if k in kind), None)
 
 
-def attention_fn(impl: str, causal: bool):
+def attention_fn(impl: str, causal: bool, window: tuple[int, int] | None = None):
+    """`window=(left, right)`: a query at p sees keys p - left .. p + right (causal: right = 0)."""
     if impl == "pallas":
-        return lambda q, k, v: flash_attention(q, k, v, causal=causal)
-    return lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation=impl)
+        return lambda q, k, v: flash_attention(q, k, v, causal=causal, window=window)
+    return lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal, local_window_size=window,
+                                                        implementation=impl)
 
 
-def flops_fwd(B, N, n, H, causal) -> float:
+def flops_fwd(B, N, n, H, causal, window: tuple[int, int] | None = None) -> float:
+    """Useful forward FLOPs, 4 B N H x (query, key) pairs that are attended (exact for a causal window)."""
+    if window is not None and causal:
+        W = min(window[0], n - 1)  # query i sees min(i + 1, W + 1) keys
+        pairs = (W + 1) * (W + 2) / 2 + (n - W - 1) * (W + 1)
+        return 4.0 * B * N * H * pairs
     return 4.0 * B * N * n * n * H / (2.0 if causal else 1.0)
 
 
-def measure(n: int, B: int, N: int, H: int, causal: bool, impls: list[str], repeats: int, dtype) -> list[dict]:
+def measure(n: int, B: int, N: int, H: int, causal: bool, impls: list[str], repeats: int, dtype,
+            window: tuple[int, int] | None = None, on_row=None) -> list[dict]:
     ks = jax.random.split(jax.random.key(n), 4)
     q, k, v, do = (jax.random.normal(kk, (B, n, N, H), jnp.float32).astype(dtype) for kk in ks)
     rows, first_out, pallas_out = [], None, None
     for impl in impls:
-        attn = attention_fn(impl, causal)
+        attn = attention_fn(impl, causal, window)
         fwd = jax.jit(attn)
         fwd_bwd = jax.jit(lambda q, k, v, do, attn=attn: jax.vjp(attn, q, k, v)[1](do))
-        row = {"n": n, "B": B, "causal": causal, "impl": impl}
+        row = {"n": n, "B": B, "causal": causal, "window": window[0] if window else None, "impl": impl}
         try:
             out = jax.block_until_ready(fwd(q, k, v))
             row["fwd_s"] = median_time(fwd, (q, k, v), repeats)
@@ -62,15 +70,19 @@ def measure(n: int, B: int, N: int, H: int, causal: bool, impls: list[str], repe
         except Exception as e:  # noqa: BLE001  a baseline may be unavailable here (cuDNN on CPU) or run out of memory
             row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
             rows.append(row)
+            if on_row:
+                on_row(row)
             continue
         if impl == "pallas":
             pallas_out = out
         elif first_out is None:
             first_out = out
-        f = flops_fwd(B, N, n, H, causal)
+        f = flops_fwd(B, N, n, H, causal, window)
         row["fwd_tflops"] = f / row["fwd_s"] / 1e12
         row["fwd_bwd_tflops"] = 3.5 * f / row["fwd_bwd_s"] / 1e12
         rows.append(row)
+        if on_row:
+            on_row(row)
     if pallas_out is not None and first_out is not None:
         diff = float(jnp.max(jnp.abs(pallas_out.astype(jnp.float32) - first_out.astype(jnp.float32))))
         for r in rows:
