@@ -33,13 +33,14 @@ from sharding.axes import logical_rules, logical_to_spec
 from sharding.mesh import make_mesh
 from sharding.rules import logical_axes_of, rules_from_config, tree_shardings
 from tasks import get_task
-from trainer import nan_guard, norms
+from trainer import mfu, nan_guard, norms
 from trainer.checkpoint import Checkpointer, check_compatible
 from trainer.metrics import higher_is_better
 from trainer.nan_guard import NanMonitor, NonFiniteError
-from trainer.optim import make_optimizer
+from trainer.optim import make_optimizer, validate_optim_config
+from trainer.profiling import StepProfiler, profile_window
 from trainer.preemption import Preempted, PreemptionWatcher
-from trainer.writer import MetricWriter, Progress
+from trainer.writer import MetricWriter, Progress, check_wandb
 
 log = logging.getLogger("train")
 
@@ -90,6 +91,9 @@ def validate_config(config, mesh) -> None:
         raise ConfigError(f"train.stop_at={stop_at!r} must be an integer >= 0 (0: run to train.num_steps)")
     if o.warmup_steps < 0:
         raise ConfigError(f"optim.warmup_steps={o.warmup_steps} must be >= 0")
+    validate_optim_config(o, int(config.train.num_steps))
+    profile_window(config.train)
+    check_wandb(config.train)
     if float(o.learning_rate) <= 0:
         raise ConfigError(f"optim.learning_rate={o.learning_rate} must be > 0")
     # The batch is sharded over every axis but `tensor` (see sharding/rules.py).
@@ -429,13 +433,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
         write_json_atomic(os.path.join(workdir, "config.json"), cfg_dict, indent=2, sort_keys=True)
         log.info("model: %s parameters, %.3g training FLOPs/token; mesh %s, rules %s",
                  f"{summary['params']:,}", summary["flops_per_token"], dict(s.mesh.shape), cfg.mesh.rules)
+        peak_flops, peak_name = mfu.total_peak(list(s.mesh.devices.flat), str(cfg.model.get("dtype", "float32")))
+        log.info("train/mfu is over a peak of %.4g FLOP/s: %s", peak_flops, peak_name)
 
     with jax.set_mesh(s.mesh):
         step_fn = jit_train_step(s, s.task.train_batch(start))
         eval_fn = jit_eval_step(s)
         writer = MetricWriter(workdir, enabled=is_main, tensorboard=bool(cfg.train.tensorboard),
-                              resume_step=start if start > 0 else None)
+                              resume_step=start if start > 0 else None,
+                              wandb_project=str(cfg.train.get("wandb_project", "") or ""), run_config=cfg_dict)
         progress = Progress(stop_at, start, enabled=is_main)
+        profiler = StepProfiler(profile_window(cfg.train), os.path.join(workdir, "profile"), enabled=is_main)
         # Evaluations of earlier launches, so a resumed run's curve is whole.
         curve: list[dict] = earlier_evals(workdir, start) if is_main else []
         last_eval: dict[str, float] = {}
@@ -467,7 +475,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
         try:
             for step in range(start, stop_at):
                 batch = to_global(s.task.train_batch(step), s.batch_shardings)
+                profiler.before(step)
                 state, metrics = step_fn(state, batch)
+                profiler.after(step, state)
                 done = step + 1
                 monitor.push(done, metrics)  # checks the previous step while this one runs
                 preempt = watcher.reached(done)
@@ -479,6 +489,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
                     t_mark, step_mark = now, done
                     if s.nan_policy == "skip":
                         metrics["train/skipped_steps"] = monitor.skipped
+                    if is_main:
+                        metrics["train/mfu"] = mfu.mfu(summary["flops_per_token"], tps, peak_flops)
                     writer.write(done, {**metrics, "train/tokens_per_s": tps})
                     progress.update(done - progress_at, loss=f"{float(metrics['train/loss']):.3f}",
                                     tok_s=f"{tps:,.0f}")
@@ -500,6 +512,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
             raise NonFiniteError(f"{e}; stopped with the last good checkpoint at step {ckpt.latest_step()} "
                                  f"in {ckpt.directory} (train.nan_policy='skip' drops such updates)") from None
         finally:
+            profiler.close()
             watcher.close()
             progress.close()
             ckpt.wait()

@@ -1,13 +1,21 @@
-"""Metrics to `workdir/metrics.jsonl` and TensorBoard, and a progress bar.
+"""Metrics to `workdir/metrics.jsonl`, TensorBoard and (optionally) Weights & Biases, and a progress bar.
 
 Only process 0 writes. JSON lines are flushed as written, so a crash loses
 at most the line being written. A resumed run first drops the rows past the
 step it resumed from (they belong to steps it is about to redo) and tells
 TensorBoard to purge them too, so every (step, kind) appears once however
 often a run crashes and resumes.
+
+`train.wandb_project` (off when empty) also sends every row to Weights &
+Biases; `wandb` is imported only then (it is not a dependency: `pip install
+wandb`), the run's id is derived from the workdir so a resumed launch
+continues the same W&B run, and `WANDB_MODE=offline` keeps everything in
+`<workdir>/wandb/` (what the tests use).
 """
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import json
 import logging
 import math
@@ -15,7 +23,22 @@ import os
 import sys
 from typing import Any, Mapping
 
+from nn.errors import ConfigError
+
 log = logging.getLogger("train")
+
+
+def check_wandb(train_cfg) -> None:
+    """A one-line ConfigError when `train.wandb_project` is set but wandb is not installed (before anything runs)."""
+    project = train_cfg.get("wandb_project", "")
+    if project and importlib.util.find_spec("wandb") is None:
+        raise ConfigError(f"train.wandb_project={project!r} needs the wandb package, which is not installed "
+                          f"(pip install wandb), or leave train.wandb_project empty")
+
+
+def wandb_run_id(workdir: str) -> str:
+    """A stable W&B run id for a workdir: relaunches of the same run log to the same W&B run."""
+    return hashlib.sha1(os.path.abspath(str(workdir)).encode()).hexdigest()[:16]
 
 
 def _plain(v: Any) -> Any:
@@ -51,11 +74,13 @@ def drop_rows_after(path: str, step: int) -> int:
 
 
 class MetricWriter:
-    def __init__(self, workdir: str, enabled: bool = True, tensorboard: bool = True, resume_step: int | None = None):
+    def __init__(self, workdir: str, enabled: bool = True, tensorboard: bool = True, resume_step: int | None = None,
+                 wandb_project: str = "", run_config: dict | None = None):
         """`resume_step`: the step a resumed run restarts from (rows after it are dropped first)."""
         self.enabled = enabled
         self._jsonl = None
         self._tb = None
+        self._wandb = None
         if not enabled:
             return
         os.makedirs(workdir, exist_ok=True)
@@ -71,6 +96,11 @@ class MetricWriter:
             # purge_step: TensorBoard hides events at or after it from earlier event files.
             purge = None if resume_step is None else resume_step + 1
             self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=purge)
+        if wandb_project:
+            import wandb
+
+            self._wandb = wandb.init(project=wandb_project, dir=str(workdir), config=run_config or {},
+                                     id=wandb_run_id(workdir), resume="allow", name=os.path.basename(str(workdir)))
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
         if not self.enabled:
@@ -86,12 +116,18 @@ class MetricWriter:
                     self._tb.add_scalar(k, v, step)
                 elif isinstance(v, str):
                     self._tb.add_text(k, v, step)
+        if self._wandb is not None:
+            # W&B drops rows at a step below one it has seen (a resumed run's redone steps): they were logged.
+            self._wandb.log({k: v for k, v in record.items() if k != "step" and isinstance(v, (float, str))},
+                            step=int(step))
 
     def close(self) -> None:
         if self._jsonl is not None:
             self._jsonl.close()
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
 
 
 def progress_enabled() -> bool:
