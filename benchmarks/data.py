@@ -12,7 +12,9 @@
 3. Train step: tokens/s the lm_tiny train step consumes (jitted, state donated,
    one fixed batch, after a warm-up), and the same for lm_stdlib's model.
 
-The ratio pipeline / train step is the claim under test (goal: >= 10x).
+2 and 3 alternate over `--rounds` rounds and the medians are reported, so a
+change of load on a shared machine hits both sides of the ratio pipeline /
+train step, the claim under test (goal: >= 10x).
 """
 from __future__ import annotations
 
@@ -39,30 +41,35 @@ def time_prepare(workdir: str) -> dict:
             "train_documents": m["splits"]["train"]["documents"], "bytes": m["splits"]["train"]["bytes"]}
 
 
-def time_pipeline(shards: str, steps: int, batch: int, seq_len: int) -> dict:
+def pipeline_timer(shards: str, tok_dir: str, steps: int, batch: int, seq_len: int):
+    """() -> (direct tokens/s, iterator tokens/s) over `steps` fresh steps per call."""
     from data import pipeline
     from data.tokenizer import load_tokenizer
 
-    tok = load_tokenizer(os.path.join(os.path.dirname(shards), "tok"))
-    ds = pipeline.train_dataset([(shards, 1.0)], seq_len=seq_len, batch=batch, seed=0, num_steps=steps + 10,
-                                token_bytes=tok.token_bytes())
-    ds[0]
-    t0 = time.perf_counter()
-    for s in range(steps):
-        ds[s]
-    direct = steps * batch * seq_len / (time.perf_counter() - t0)
+    ds = pipeline.train_dataset([(shards, 1.0)], seq_len=seq_len, batch=batch, seed=0, num_steps=1_000_000,
+                                token_bytes=load_tokenizer(tok_dir).token_bytes())
     it = pipeline.StepIterator(ds, prefetch=2)
-    it.batch(0)
-    t0 = time.perf_counter()
-    for s in range(1, steps + 1):
-        it.batch(s)
-    iterated = steps * batch * seq_len / (time.perf_counter() - t0)
-    it.close()
-    return {"pipeline_direct_tok_s": direct, "pipeline_iterator_tok_s": iterated}
+    state = {"next": 0}
+
+    def run():
+        s0 = state["next"]
+        t0 = time.perf_counter()
+        for s in range(s0, s0 + steps):
+            ds[s]
+        direct = steps * batch * seq_len / (time.perf_counter() - t0)
+        it.batch(s0 + steps)  # (re)opens the iterator outside the timed part
+        t0 = time.perf_counter()
+        for s in range(s0 + steps + 1, s0 + 2 * steps + 1):
+            it.batch(s)
+        iterated = steps * batch * seq_len / (time.perf_counter() - t0)
+        state["next"] = s0 + 2 * steps + 1
+        return direct, iterated
+
+    return run
 
 
-def time_train_step(config_path: str, steps: int, overrides: dict | None = None) -> float:
-    """Tokens/s of the jitted train step alone (one fixed batch, after compilation and one warm-up step)."""
+def train_step_timer(config_path: str, steps: int, overrides: dict | None = None):
+    """() -> tokens/s of the jitted train step alone over `steps` steps (one fixed batch; compiled on creation)."""
     import importlib.util
 
     from trainer import loop
@@ -75,22 +82,28 @@ def time_train_step(config_path: str, steps: int, overrides: dict | None = None)
         cfg.data[k] = v
     s = loop.setup(cfg, jax.devices()[:1])
     with jax.set_mesh(s.mesh):
-        state = loop.init_state(s)
+        box = {"state": loop.init_state(s)}
         batch = loop.to_global(s.task.train_batch(0), s.batch_shardings)
         step_fn = loop.jit_train_step(s, s.task.train_batch(0))
-        state, m = step_fn(state, batch)
+        box["state"], m = step_fn(box["state"], batch)
         jax.block_until_ready(m["train/loss"])
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            state, m = step_fn(state, batch)
-        jax.block_until_ready(m["train/loss"])
-        return steps * s.task.tokens_per_step / (time.perf_counter() - t0)
+
+    def run():
+        with jax.set_mesh(s.mesh):
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                box["state"], m = step_fn(box["state"], batch)
+            jax.block_until_ready(m["train/loss"])
+            return steps * s.task.tokens_per_step / (time.perf_counter() - t0)
+
+    return run
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=200, help="pipeline batches timed")
     p.add_argument("--train_steps", type=int, default=20, help="train steps timed per model")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (the median is reported)")
     p.add_argument("--out", default="", help="also write the figures as JSON here")
     args = p.parse_args(argv)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -98,19 +111,29 @@ def main(argv=None) -> dict:
         res = time_prepare(work)
         print(f"prepare stdlib: BPE 8192 trained in {res['bpe_train_s']:.1f} s, shards written in "
               f"{res['prepare_s']:.1f} s ({res['train_tokens']:,} train tokens, {res['train_documents']} documents)")
-        res.update(time_pipeline(os.path.join(work, "shards"), args.steps, 32, 128))
-        print(f"pipeline alone (32 x 128): {res['pipeline_iterator_tok_s']:,.0f} tokens/s through the iterator, "
-              f"{res['pipeline_direct_tok_s']:,.0f} called directly")
-        res["lm_tiny_step_tok_s"] = time_train_step(os.path.join(root, "experiments/configs/lm_tiny.py"),
-                                                    args.train_steps)
-        res["lm_stdlib_step_tok_s"] = time_train_step(
-            os.path.join(root, "experiments/configs/lm_stdlib.py"), max(2, args.train_steps // 4),
-            {"shards": os.path.join(work, "shards"), "tokenizer": os.path.join(work, "tok")})
-    res["ratio_vs_lm_tiny"] = res["pipeline_iterator_tok_s"] / res["lm_tiny_step_tok_s"]
-    res["ratio_vs_lm_stdlib"] = res["pipeline_iterator_tok_s"] / res["lm_stdlib_step_tok_s"]
+        shards, tok = os.path.join(work, "shards"), os.path.join(work, "tok")
+        pipe = pipeline_timer(shards, tok, args.steps, 32, 128)
+        tiny = train_step_timer(os.path.join(root, "experiments/configs/lm_tiny.py"), args.train_steps)
+        stdlib = train_step_timer(os.path.join(root, "experiments/configs/lm_stdlib.py"),
+                                  max(2, args.train_steps // 4), {"shards": shards, "tokenizer": tok})
+        rounds = []
+        for _ in range(args.rounds):  # contenders interleaved: a load change hits both sides of a ratio
+            direct, iterated = pipe()
+            rounds.append({"pipeline_direct_tok_s": direct, "pipeline_iterator_tok_s": iterated,
+                           "lm_tiny_step_tok_s": tiny(), "lm_stdlib_step_tok_s": stdlib()})
+            r = rounds[-1]
+            r["ratio_vs_lm_tiny"] = r["pipeline_iterator_tok_s"] / r["lm_tiny_step_tok_s"]
+            r["ratio_vs_lm_stdlib"] = r["pipeline_iterator_tok_s"] / r["lm_stdlib_step_tok_s"]
+            print("round: " + ", ".join(f"{k} {v:,.1f}" for k, v in r.items()))
+        for k in rounds[0]:
+            res[k] = float(np.median([r[k] for r in rounds]))
+        res["rounds"] = rounds
+    print(f"pipeline alone (32 x 128, median of {args.rounds} rounds): {res['pipeline_iterator_tok_s']:,.0f} "
+          f"tokens/s through the iterator, {res['pipeline_direct_tok_s']:,.0f} called directly")
     print(f"train step: lm_tiny {res['lm_tiny_step_tok_s']:,.0f} tokens/s, lm_stdlib "
           f"{res['lm_stdlib_step_tok_s']:,.0f} tokens/s")
-    print(f"pipeline / train step: {res['ratio_vs_lm_tiny']:.1f}x (lm_tiny), {res['ratio_vs_lm_stdlib']:.1f}x (lm_stdlib)")
+    print(f"pipeline / train step (median per-round ratio): {res['ratio_vs_lm_tiny']:.1f}x (lm_tiny), "
+          f"{res['ratio_vs_lm_stdlib']:.1f}x (lm_stdlib)")
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
             json.dump(res, f, indent=1)

@@ -48,7 +48,7 @@ def _split_counts(corpus: str, path: str, val_fraction: float) -> dict[str, int]
     return counts
 
 
-def prepare(corpus: str, tokenizer: str, out: str, *, path: str = "", val_fraction: float = 0.05,
+def prepare(corpus: str, tokenizer: str, out: str, *, path: str = "", val_fraction: float = 0.1,
             progress: bool = True) -> dict:
     """Writes the prepared folder `out` (or finds it already prepared); returns its manifest."""
     if not 0.0 < val_fraction < 0.5:
@@ -139,7 +139,7 @@ def main(argv=None) -> int:
     p.add_argument("--corpus", default="stdlib", choices=["pydoc", "stdlib", "path"])
     p.add_argument("--path", default="", help="the file or folder of .txt/.jsonl for --corpus path")
     p.add_argument("--tokenizer", default="bytes", help="'bytes', a tokenizer.json (or its folder) or a .model")
-    p.add_argument("--val_fraction", type=float, default=0.05)
+    p.add_argument("--val_fraction", type=float, default=0.1)
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     try:

@@ -148,7 +148,7 @@ def load_tokenizer(spec: str):
     return SentencePieceTokenizer(p) if p.suffix == ".model" else HFTokenizer(p)
 
 
-def train_bpe(corpus: str, out: str, vocab_size: int, *, path: str = "", val_fraction: float = 0.05,
+def train_bpe(corpus: str, out: str, vocab_size: int, *, path: str = "", val_fraction: float = 0.1,
               quiet: bool = False) -> str:
     """Trains a byte-level BPE on the training documents of `corpus`; writes out/tokenizer.json. Returns its path."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -181,7 +181,7 @@ def main(argv=None) -> int:
     t.add_argument("--corpus", default="stdlib", choices=["pydoc", "stdlib", "path"])
     t.add_argument("--path", default="", help="the file or folder for --corpus path")
     t.add_argument("--vocab_size", type=int, default=8192)
-    t.add_argument("--val_fraction", type=float, default=0.05)
+    t.add_argument("--val_fraction", type=float, default=0.1)
     t.add_argument("--out", required=True)
     args = p.parse_args(argv)
     try:

@@ -17,12 +17,12 @@ from experiments.configs.defaults import apply_smoke, base_config, parse_arg
 def get_config(arg: str | None = None):
     args = parse_arg(arg, smoke=False, vocab=8192)
     c = base_config()
-    c.model.update(d_model=256, n_layers=4, n_heads=4, n_kv_heads=4, d_ff=1024, activation="gelu",
+    c.model.update(d_model=128, n_layers=4, n_heads=4, n_kv_heads=4, d_ff=512, activation="gelu",
                    vocab_size=args.vocab)  # must equal the tokenizer's id count (checked at start)
-    c.data.update(corpus="stdlib", tokenizer=f"bpe:{args.vocab}", packed=True, seq_len=256, batch_size=32,
+    c.data.update(corpus="stdlib", tokenizer=f"bpe:{args.vocab}", packed=True, seq_len=256, batch_size=16,
                   eval_batches=16)
     c.optim.update(learning_rate=3e-3, warmup_steps=100)
-    c.train.update(num_steps=2000, log_every=50, eval_every=250, checkpoint_every=250)
+    c.train.update(num_steps=1000, log_every=50, eval_every=100, checkpoint_every=100)
     c.sample.update(prompt="def ", num_tokens=48)
     if args.smoke:
         apply_smoke(c)
