@@ -15,7 +15,10 @@ from flax import nnx
 
 from nn.context import ForwardContext
 from attention.kv_cache import KVCache
+from jax.ad_checkpoint import checkpoint_name
+
 from nn.linear import linear
+from nn.norm import rms_norm
 from attention.masks import default_positions
 from attention.rope import apply_rope
 from nn.dtypes import dtype_of
@@ -46,7 +49,18 @@ def variant_settings(cfg, name: str, defaults: Mapping) -> Mapping:
 
 
 class MultiHeadAttention(nnx.Module):
-    """Q/K/V/O projections with logical axes; subclasses implement `core`."""
+    """Q/K/V/O projections with logical axes; subclasses implement `core`.
+
+    `model.qk_norm=True` adds QK-norm (Dehghani et al. 2023; OLMo 2): an
+    RMSNorm over the head dimension of every query and key head, with one
+    learned scale [H] for queries and one for keys, applied before RoPE (so
+    KV caches hold normalised keys). `model.attn_logit_softcap` is read by
+    the cores that compute logits (attention/dense.py).
+
+    The core's output and the projected Q, K, V carry `checkpoint_name`s
+    ("attention_out", "query_proj", "key_proj", "value_proj") that the remat
+    policies of models/stack.py select by name.
+    """
 
     def __init__(self, cfg, *, rngs: nnx.Rngs):
         D, N, K, H = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, head_dim_of(cfg)
@@ -63,10 +77,17 @@ class MultiHeadAttention(nnx.Module):
         self.wk_DKH = nnx.Param(init(std)(rngs.params(), (D, K, H)), logical_axes=(ax.EMBED, ax.KV_HEADS, ax.HEAD_DIM))
         self.wv_DKH = nnx.Param(init(std)(rngs.params(), (D, K, H)), logical_axes=(ax.EMBED, ax.KV_HEADS, ax.HEAD_DIM))
         self.wo_NHD = nnx.Param(init(out_std)(rngs.params(), (N, H, D)), logical_axes=(ax.HEADS, ax.HEAD_DIM, ax.EMBED))
+        self.qk_norm = bool(cfg.get("qk_norm", False))
+        self.norm_eps = float(cfg.get("norm_eps", 1e-6))
+        self.logit_softcap = float(cfg.get("attn_logit_softcap", 0.0) or 0.0)
+        if self.qk_norm:
+            self.q_norm_H = nnx.Param(jnp.ones((H,), jnp.float32), logical_axes=(ax.NORM,))
+            self.k_norm_H = nnx.Param(jnp.ones((H,), jnp.float32), logical_axes=(ax.NORM,))
 
     @staticmethod
     def param_count(cfg) -> int:
-        return cfg.d_model * head_dim_of(cfg) * (2 * cfg.n_heads + 2 * cfg.n_kv_heads)
+        qk_norm = 2 * head_dim_of(cfg) if cfg.get("qk_norm", False) else 0
+        return cfg.d_model * head_dim_of(cfg) * (2 * cfg.n_heads + 2 * cfg.n_kv_heads) + qk_norm
 
     @staticmethod
     def core_flops_per_token(cfg, seq_len: int) -> float:
@@ -132,11 +153,21 @@ class MultiHeadAttention(nnx.Module):
         k_BTKH = linear(x_BTD, self.wk_DKH[...].astype(self.dtype))  # BTD,DKH->BTKH
         v_BTKH = linear(x_BTD, self.wv_DKH[...].astype(self.dtype))  # BTD,DKH->BTKH
         q_BTNH = constrain(q_BTNH, (ax.BATCH, ax.LENGTH, ax.HEADS, ax.HEAD_DIM))
+        q_BTNH, k_BTKH = self.normalize_qk(q_BTNH, k_BTKH)
         if self.use_rope:
             q_BTNH = apply_rope(q_BTNH, positions_BT, self.rope_base)
             k_BTKH = apply_rope(k_BTKH, positions_BT, self.rope_base)
-        return q_BTNH, k_BTKH, v_BTKH
+        return (checkpoint_name(q_BTNH, "query_proj"), checkpoint_name(k_BTKH, "key_proj"),
+                checkpoint_name(v_BTKH, "value_proj"))
+
+    def normalize_qk(self, q_BTNH: jax.Array, k_BTKH: jax.Array):
+        """QK-norm (model.qk_norm): RMSNorm over H of each query and key head; identity when off."""
+        if not self.qk_norm:
+            return q_BTNH, k_BTKH
+        return (rms_norm(q_BTNH, self.q_norm_H[...], self.norm_eps),
+                rms_norm(k_BTKH, self.k_norm_H[...], self.norm_eps))
 
     def project_out(self, out_BTNH: jax.Array) -> jax.Array:
         out_BTNH = constrain(out_BTNH, (ax.BATCH, ax.LENGTH, ax.HEADS, ax.HEAD_DIM))
+        out_BTNH = checkpoint_name(out_BTNH, "attention_out")
         return linear(out_BTNH, self.wo_NHD[...].astype(self.dtype), n_in=2)  # BTNH,NHD->BTD

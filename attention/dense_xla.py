@@ -11,11 +11,13 @@ import jax
 import jax.numpy as jnp
 
 from attention.masks import dense_mask_BTS
+from nn.softcap import softcap
 
 
 def dense_attention_xla(
     q_BTNH, k_BSKH, v_BSKH, *, causal=False, q_positions_BT=None, kv_positions_BS=None,
     q_segment_ids_BT=None, kv_segment_ids_BS=None, kv_lengths_B=None, window=None, scale=None,
+    logit_softcap=None,
 ):
     """Softmax attention as two 4-D batched matmuls per KV head.
 
@@ -23,7 +25,8 @@ def dense_attention_xla(
     head is read once and never repeated, and both matmuls are plain
     [B, K]-batched GEMMs, the layout XLA's CPU backend differentiates fastest
     (forward+backward 1.7x faster than a 5-D "BTKGH,BSKH->BKGTS" einsum at
-    B=16, T=256, N=8, H=64).
+    B=16, T=256, N=8, H=64). `logit_softcap` > 0 caps the scaled logits with
+    cap * tanh(logits / cap) before the mask (Gemma 2).
     """
     B, T, N, H = q_BTNH.shape
     S, K = k_BSKH.shape[1], k_BSKH.shape[2]
@@ -34,6 +37,8 @@ def dense_attention_xla(
     k_BKSH = k_BSKH.transpose(0, 2, 1, 3)
     v_BKSH = v_BSKH.transpose(0, 2, 1, 3)
     logits_BKXS = jnp.einsum("BKXH,BKSH->BKXS", q_BKXH, k_BKSH, preferred_element_type=jnp.float32) * scale
+    if logit_softcap:
+        logits_BKXS = softcap(logits_BKXS, logit_softcap)
     mask_BTS = dense_mask_BTS(
         batch=B, q_len=T, kv_len=S, causal=causal,
         q_positions_BT=q_positions_BT, kv_positions_BS=kv_positions_BS,

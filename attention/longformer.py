@@ -530,6 +530,7 @@ class LongformerAttention(MultiHeadAttention):
         qg_BANH = linear(x_BTD[:, :n], self.wq_g_DNH[...].astype(self.dtype))  # BAD,DNH->BANH
         kg_BTKH = linear(x_BTD, self.wk_g_DKH[...].astype(self.dtype))  # BTD,DKH->BTKH
         vg_BTKH = linear(x_BTD, self.wv_g_DKH[...].astype(self.dtype))  # BTD,DKH->BTKH
+        qg_BANH, kg_BTKH = self.normalize_qk(qg_BANH, kg_BTKH)  # QK-norm shares its scales with the local heads
         if self.use_rope:
             qg_BANH = apply_rope(qg_BANH, positions_BT[:, :n], self.rope_base)
             kg_BTKH = apply_rope(kg_BTKH, positions_BT, self.rope_base)

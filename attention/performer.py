@@ -431,7 +431,9 @@ class PerformerAttention(MultiHeadAttention):
         return jnp.asarray(ctx.step, jnp.int32) // self.redraw_every
 
     def features_MH(self, ctx: ForwardContext | None = None) -> jax.Array:
-        key = feature_key(self.layer_id, self.redraw_index(ctx))
+        """The draw of this layer; under a layer scan (models/stack.py) the layer index is `ctx.layer`."""
+        layer = self.layer_id if ctx is None or ctx.layer is None else ctx.layer
+        key = feature_key(layer, self.redraw_index(ctx))
         return random_features_MH(key, self.num_features, self.head_dim)
 
     def core(self, q_BTNH, k_BSKH, v_BSKH, *, ctx=None, **mask):

@@ -31,6 +31,7 @@ def reference_attention(
     kv_lengths_B: jax.Array | None = None,
     window: tuple[int | None, int | None] | None = None,
     scale: float | None = None,
+    logit_softcap: float | None = None,
 ) -> jax.Array:
     B, T, N, H = q_BTNH.shape
     S, K = k_BSKH.shape[1], k_BSKH.shape[2]
@@ -41,6 +42,8 @@ def reference_attention(
     logits_BNTS = jnp.einsum(
         "BTNH,BSNH->BNTS", q_BTNH.astype(jnp.float32), k_BSNH.astype(jnp.float32)
     ) * scale
+    if logit_softcap:  # Gemma 2: cap * tanh(logits / cap), before the mask
+        logits_BNTS = logit_softcap * jnp.tanh(logits_BNTS / logit_softcap)
     mask_BTS = dense_mask_BTS(
         batch=B, q_len=T, kv_len=S, causal=causal,
         q_positions_BT=q_positions_BT, kv_positions_BS=kv_positions_BS,

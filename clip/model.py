@@ -24,10 +24,9 @@ from flax import nnx
 
 from nn.dtypes import dtype_of
 from attention.registry import get_attention
-from models.block import TransformerBlock
 from models.ffn import get_ffn
 from models.layers import Embed, RMSNorm
-from models.lm import ffn_for_layer
+from models.stack import BlockStack, ffn_for_layer
 from sharding import axes as ax
 from sharding.axes import constrain
 
@@ -67,7 +66,7 @@ def _pool_eos(x_BTD: jax.Array, segment_ids_BT: jax.Array) -> jax.Array:
     return jnp.take_along_axis(x_BTD, last_B[:, None, None], axis=1)[:, 0]
 
 
-class VisionTower(nnx.Module):
+class VisionTower(BlockStack, nnx.Module):
     """ViT (Dosovitskiy et al. 2021): patch embedding + position embedding -> blocks -> norm -> pool."""
 
     def __init__(self, cfg, *, rngs: nnx.Rngs):
@@ -84,7 +83,7 @@ class VisionTower(nnx.Module):
             self.pos_PD = nnx.Param(init(cfg.init_std)(rngs.params(), (n_pos, D)), logical_axes=(None, ax.EMBED))
         if cfg.pooling == "cls":
             self.cls_D = nnx.Param(init(cfg.init_std)(rngs.params(), (D,)), logical_axes=(ax.EMBED,))
-        self.blocks = nnx.List([TransformerBlock(cfg, rngs=rngs, ffn=ffn_for_layer(cfg, i)) for i in range(cfg.n_layers)])
+        self.init_stack(cfg, rngs)  # self.blocks, or self.layers with model.scan_layers (models/stack.py)
         self.final_norm = RMSNorm(D, cfg.norm_eps)
 
     def __call__(self, images_BIIY: jax.Array, *, ctx=None) -> tuple[jax.Array, list]:
@@ -100,31 +99,25 @@ class VisionTower(nnx.Module):
             if self.pooling == "cls":  # the CLS token has no place on the grid: position zero
                 pos_PD = jnp.concatenate([jnp.zeros((1, D), jnp.float32), pos_PD], axis=0)
         x_BPD = constrain((x_BPD + pos_PD[None]).astype(self.dtype), (ax.BATCH, ax.LENGTH, ax.EMBED))
-        aux = []
-        for blk in self.blocks:
-            x_BPD, _, a = blk(x_BPD, ctx=ctx)
-            aux.append(a)
+        x_BPD, _, aux = self.run_stack(x_BPD, ctx=ctx)
         x_BPD = self.final_norm(x_BPD)
         pooled_BD = x_BPD[:, 0] if self.pooling == "cls" else jnp.mean(x_BPD.astype(jnp.float32), axis=1)
         return pooled_BD, aux
 
 
-class TextTower(nnx.Module):
+class TextTower(BlockStack, nnx.Module):
     """Token embedding -> blocks (causal or bidirectional) -> norm -> EOS or CLS (=BOS) pooling."""
 
     def __init__(self, cfg, pooling: str, *, rngs: nnx.Rngs):
         self.dtype = dtype_of(cfg.dtype)
         self.pooling = pooling
         self.embed = Embed(cfg.vocab_size, cfg.d_model, cfg.init_std, rngs=rngs)
-        self.blocks = nnx.List([TransformerBlock(cfg, rngs=rngs, ffn=ffn_for_layer(cfg, i)) for i in range(cfg.n_layers)])
+        self.init_stack(cfg, rngs)  # self.blocks, or self.layers with model.scan_layers (models/stack.py)
         self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
 
     def __call__(self, tokens_BT: jax.Array, segment_ids_BT: jax.Array, *, ctx=None) -> tuple[jax.Array, list]:
         x_BTD = constrain(self.embed(tokens_BT, self.dtype), (ax.BATCH, ax.LENGTH, ax.EMBED))
-        aux = []
-        for blk in self.blocks:
-            x_BTD, _, a = blk(x_BTD, segment_ids_BT=segment_ids_BT, ctx=ctx)
-            aux.append(a)
+        x_BTD, _, aux = self.run_stack(x_BTD, segment_ids_BT=segment_ids_BT, ctx=ctx)
         x_BTD = self.final_norm(x_BTD)
         pooled_BD = x_BTD[:, 0] if self.pooling == "cls" else _pool_eos(x_BTD, segment_ids_BT)
         return pooled_BD, aux

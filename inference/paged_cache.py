@@ -196,7 +196,7 @@ def paged_caches(pools, block_tables_BL, lengths_B, impl: str = "blocked") -> li
 def init_pools(model, num_blocks: int, block_size: int):
     """Zeroed (k_pool, v_pool) per layer of a DecoderLM with standard attention layers."""
     pools = []
-    for blk in model.blocks:
+    for blk in model.block_modules():
         attn = blk.attn
         if not isinstance(attn, DenseAttention):
             raise InferenceError(f"the paged KV cache needs dense attention layers, not {type(attn).__name__}")

@@ -1,6 +1,8 @@
 """Model config defaults and validation (one-line errors naming field and value)."""
 from __future__ import annotations
 
+import math
+
 import ml_collections
 
 from attention.registry import ATTENTION_REGISTRY
@@ -41,6 +43,12 @@ def default_model_config() -> ml_collections.ConfigDict:
         init_std=0.02,
         num_classes=0,         # classifier head width (encoder only)
         pooling="cls",         # encoder pooling: cls | mean
+        # Depth and stability (models/stack.py, attention/base.py; docs/training.md)
+        scan_layers=False,       # stack block parameters on a leading `layers` axis and run them with a scan
+        remat="none",            # per-block rematerialisation policy: a key of models.stack.REMAT_POLICIES
+        qk_norm=False,           # RMSNorm on queries and keys per head, before RoPE
+        attn_logit_softcap=0.0,  # > 0: attention logits -> cap * tanh(logits / cap) (Gemma 2); 0: off
+        final_logit_softcap=0.0, # > 0: the same on the output logits; 0: off
         # Mixture-of-Experts (ffn="moe"; see moe/layer.py)
         moe=ml_collections.ConfigDict(dict(
             num_experts=8,             # E
@@ -109,6 +117,7 @@ def validate_model_config(cfg) -> None:
     every = cfg.get("ffn_every", 1)
     if not isinstance(every, int) or isinstance(every, bool) or every < 1:
         raise ConfigError(f"model.ffn_every={every!r} must be a positive integer")
+    _validate_depth_and_stability(cfg)
     from attention.dense import DENSE_IMPLS
 
     if cfg.attention_impl not in DENSE_IMPLS:
@@ -126,3 +135,29 @@ def validate_model_config(cfg) -> None:
         if jax.default_backend() != "gpu":
             raise ConfigError(f"model.attention_impl='cudnn' needs an NVIDIA GPU (this backend is "
                               f"{jax.default_backend()!r}); use 'xla', 'pallas' or 'auto'")
+
+
+def _validate_depth_and_stability(cfg) -> None:
+    """`model.scan_layers`, `remat`, `qk_norm` and the soft-caps (one-line ConfigErrors)."""
+    from models.stack import REMAT_POLICIES, scan_period  # noqa: PLC0415 (models.stack imports the layers)
+
+    for field in ("scan_layers", "qk_norm"):
+        if not isinstance(cfg.get(field, False), bool):
+            raise ConfigError(f"model.{field}={cfg.get(field)!r} must be True or False")
+    remat = cfg.get("remat", "none")
+    if remat not in REMAT_POLICIES:
+        raise ConfigError(f"model.remat={remat!r} must be one of {list(REMAT_POLICIES)}")
+    if cfg.get("scan_layers", False) and cfg.n_layers % scan_period(cfg):
+        raise ConfigError(f"model.n_layers={cfg.n_layers} must be a multiple of model.ffn_every={scan_period(cfg)} "
+                          "when model.scan_layers=True (the scan runs groups of ffn_every layers)")
+    for field in ("attn_logit_softcap", "final_logit_softcap"):
+        v = cfg.get(field, 0.0)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v >= 0 and math.isfinite(v)):
+            raise ConfigError(f"model.{field}={v!r} must be a finite number >= 0 (0: off)")
+    if cfg.get("attn_logit_softcap", 0.0):
+        if cfg.attention != "dense":
+            raise ConfigError(f"model.attn_logit_softcap={cfg.attn_logit_softcap!r} is supported with "
+                              f"model.attention='dense' only, not {cfg.attention!r}")
+        if cfg.attention_impl in ("pallas", "cudnn"):
+            raise ConfigError(f"model.attn_logit_softcap={cfg.attn_logit_softcap!r} is not supported by "
+                              f"model.attention_impl={cfg.attention_impl!r}: use 'xla' (or 'auto', which then runs XLA)")

@@ -6,16 +6,15 @@ import jax.numpy as jnp
 from flax import nnx
 
 from nn.dtypes import dtype_of
-from models.block import TransformerBlock
 from models.layers import Embed, RMSNorm
-from models.lm import ffn_for_layer
+from models.stack import BlockStack
 from sharding import axes as ax
 from sharding.axes import constrain
 
 POOLINGS = ("cls", "mean")
 
 
-class EncoderClassifier(nnx.Module):
+class EncoderClassifier(BlockStack, nnx.Module):
     """Embedding -> bidirectional blocks -> RMSNorm -> pool -> linear head.
 
     Padding is token-level: `segment_ids_BT` uses 0 for padding (and distinct
@@ -30,7 +29,7 @@ class EncoderClassifier(nnx.Module):
         self.dtype = dtype_of(cfg.dtype)
         self.pooling = cfg.pooling
         self.embed = Embed(cfg.vocab_size, cfg.d_model, cfg.init_std, rngs=rngs)
-        self.blocks = nnx.List([TransformerBlock(cfg, rngs=rngs, ffn=ffn_for_layer(cfg, i)) for i in range(cfg.n_layers)])
+        self.init_stack(cfg, rngs)  # self.blocks, or self.layers with model.scan_layers (models/stack.py)
         self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.head_DC = nnx.Param(
             jax.nn.initializers.normal(cfg.init_std)(rngs.params(), (cfg.d_model, cfg.num_classes)),
@@ -39,10 +38,7 @@ class EncoderClassifier(nnx.Module):
 
     def __call__(self, tokens_BT: jax.Array, *, segment_ids_BT=None, positions_BT=None, ctx=None):
         x_BTD = constrain(self.embed(tokens_BT, self.dtype), (ax.BATCH, ax.LENGTH, ax.EMBED))
-        aux = []
-        for blk in self.blocks:
-            x_BTD, _, a = blk(x_BTD, positions_BT=positions_BT, segment_ids_BT=segment_ids_BT, ctx=ctx)
-            aux.append(a)
+        x_BTD, _, aux = self.run_stack(x_BTD, ctx=ctx, positions_BT=positions_BT, segment_ids_BT=segment_ids_BT)
         x_BTD = self.final_norm(x_BTD)
         if self.pooling == "cls":
             pooled_BD = x_BTD[:, 0]

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from nn.linear import linear
+from nn.norm import rms_norm
 from sharding import axes as ax
 
 
@@ -17,9 +18,7 @@ class RMSNorm(nnx.Module):
         self.scale_D = nnx.Param(jnp.ones((dim,), jnp.float32), logical_axes=(ax.NORM,))
 
     def __call__(self, x_BTD: jax.Array) -> jax.Array:
-        x32 = x_BTD.astype(jnp.float32)
-        inv_rms = jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return (x32 * inv_rms * self.scale_D[...]).astype(x_BTD.dtype)
+        return rms_norm(x_BTD, self.scale_D[...], self.eps)
 
 
 class Embed(nnx.Module):

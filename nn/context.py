@@ -8,6 +8,7 @@ train loop's RNG folded with the step, never from the data.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 
@@ -17,6 +18,7 @@ class ForwardContext:
     train: bool = False
     step: jax.Array | None = None  # int32 scalar: the optimizer step being computed
     rng: jax.Array | None = None   # typed PRNG key for training-time noise
+    layer: Any = None              # layer index when the layers run under a scan (a traced int32), else None
 
     def layer_rng(self, layer: int) -> jax.Array | None:
         return None if self.rng is None else jax.random.fold_in(self.rng, layer)

@@ -44,6 +44,7 @@ HEAD_DIM = "head_dim"
 VOCAB = "vocab"
 NORM = "norm"
 EXPERT = "expert"
+LAYERS = "layers"  # the stacked-layers axis of model.scan_layers=True; no preset shards it
 
 _state = threading.local()
 
