@@ -42,6 +42,7 @@ def _value(d_model, seed, rng):
 
 
 POINTS = [("d_model=64", 64), ("d_model=128", 128), ("d_model=256", 256)]
+OLD_FITS = ("compute", "frontier", "params")  # the fits these tests exercise; a report has none unless asked
 
 
 def _write_study(path: Path, points=POINTS, seeds=range(5), **kw) -> list[dict]:
@@ -127,7 +128,7 @@ def test_write_report_table_lines_and_plots(tmp_path):
     recs = _write_study(tmp_path, points=POINTS4)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no deprecation or runtime warnings on clean input
-        out = report.write_report(tmp_path)
+        out = report.write_report(tmp_path, fits=OLD_FITS)
     assert out == tmp_path / "report.md"
     md = out.read_text()
 
@@ -246,7 +247,7 @@ def test_use_best_and_metric(tmp_path):
 
 def test_matched_flops_skips_fit(tmp_path):
     _write_study(tmp_path, mode="flops", budget=1e13)
-    md = report.write_report(tmp_path, n_boot=100).read_text()
+    md = report.write_report(tmp_path, n_boot=100, fits=OLD_FITS).read_text()
     assert "at matched FLOPs" in md
     assert "Power-law fit skipped: 1 distinct compute value(s)" in md
     assert (tmp_path / "metric_vs_compute.png").stat().st_size > 0
@@ -258,7 +259,7 @@ def test_fit_failure_is_reported_not_raised(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("Optimal parameters not found: maxfev reached")
     monkeypatch.setattr(report.stats, "fit_power_law", boom)
-    md = report.write_report(tmp_path, n_boot=100).read_text()
+    md = report.write_report(tmp_path, n_boot=100, fits=OLD_FITS).read_text()
     assert "Power-law fit failed: Optimal parameters not found" in md
     assert (tmp_path / "metric_vs_compute.png").stat().st_size > 0
 
@@ -417,7 +418,7 @@ def test_frontier_recovers_law_and_best_size_per_compute():
     recs = _frontier_records(np.random.default_rng(0))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        an = report.analyze(recs, n_boot=200)
+        an = report.analyze(recs, n_boot=200, fits=OLD_FITS)
     assert an["fit"] is None  # one compute value: no per-run fit
     fr, fit = an["frontier"], an["frontier_fit"]
     assert fr["grouping"] == "eval index"
@@ -438,13 +439,13 @@ def test_frontier_recovers_law_and_best_size_per_compute():
     assert fit["b_ci_low"] <= 0.25 <= fit["b_ci_high"]
     assert fit["b_ci_high"] - fit["b_ci_low"] < 0.15
     assert fit["span_decades"] == pytest.approx(1.0, abs=0.05)
-    one, two = (report.analyze(recs, n_boot=20)["frontier_fit"] for _ in range(2))  # fixed bootstrap seed
+    one, two = (report.analyze(recs, n_boot=20, fits=OLD_FITS)["frontier_fit"] for _ in range(2))  # fixed bootstrap seed
     assert (one["b_ci_low"], one["b_ci_high"]) == (two["b_ci_low"], two["b_ci_high"])
 
 
 def test_frontier_drops_warmup_levels_with_dense_evals():
     sizes = dict(FRONTIER_SIZES, large=(1.6e4, 480, (-0.26, 0.1)))
-    an = report.analyze(_frontier_records(np.random.default_rng(1), sizes=sizes, evals=20), n_boot=20)
+    an = report.analyze(_frontier_records(np.random.default_rng(1), sizes=sizes, evals=20), n_boot=20, fits=OLD_FITS)
     levels = an["frontier"]["levels"]
     assert an["frontier"]["grouping"] == "eval index"
     assert len(levels) == 20  # 0.95 and 1.0 of the budget are 0.022 decades apart, still two levels
@@ -459,7 +460,7 @@ def test_frontier_drops_warmup_levels_with_dense_evals():
 def test_frontier_flags_unstable_winners():
     # "a" and "b" share one curve (and "c" joins them from 55% of the budget): who wins a level is seed noise
     sizes = {"a": (1e3, 500, (-1.2, 0.1)), "b": (2e3, 250, (-1.2, 0.1)), "c": (4e3, 125, (-0.26, 0.1))}
-    an = report.analyze(_frontier_records(np.random.default_rng(0), sizes=sizes), n_boot=50)
+    an = report.analyze(_frontier_records(np.random.default_rng(0), sizes=sizes), n_boot=50, fits=OLD_FITS)
     levels = an["frontier"]["levels"]
     assert {lv["winner"] for lv in levels[:5]} <= {"a", "b"}
     assert sum(lv["win_share"] < 0.8 for lv in levels) >= 5
@@ -471,7 +472,7 @@ def test_frontier_report_sections_and_plots(tmp_path):
         append_result(tmp_path / "results.jsonl", r)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        md = report.write_report(tmp_path, n_boot=100).read_text()
+        md = report.write_report(tmp_path, n_boot=100, fits=OLD_FITS).read_text()
     fit = _section(md, "Scaling fit")
     assert "Power-law fit skipped: 1 distinct compute value(s)" in fit
     front = fit.split("### Loss vs compute: compute-efficient frontier of the learning curves\n", 1)[1]
@@ -502,7 +503,7 @@ def test_frontier_report_sections_and_plots(tmp_path):
 
 def test_frontier_plot_shows_mean_curves_frontier_and_fit():
     from matplotlib.figure import Figure
-    an = report.analyze(_frontier_records(np.random.default_rng(0)), n_boot=20)
+    an = report.analyze(_frontier_records(np.random.default_rng(0)), n_boot=20, fits=OLD_FITS)
     ax = Figure().add_subplot(1, 1, 1)
     report.plot_metric_vs_compute(ax, an)
     lines = {l.get_label(): l for l in ax.get_lines()}
@@ -535,7 +536,7 @@ def _param_records(values: dict, seeds=range(5), budget=1e13, rng=None):
 
 def test_param_fit_at_matched_compute_recovers_exponent():
     ns = (1e4, 3e4, 1e5, 3e5, 1e6)
-    an = report.analyze(_param_records({n: 1.5 + 30.0 * n ** -0.35 for n in ns}), n_boot=200)
+    an = report.analyze(_param_records({n: 1.5 + 30.0 * n ** -0.35 for n in ns}), n_boot=200, fits=OLD_FITS)
     fit = an["param_fit"]
     assert an["matched_compute"] == pytest.approx(1e13, rel=1e-3)
     assert fit["n_params"] == 5 and fit["n_obs"] == 25 and fit["n_boot_ok"] == 200
@@ -551,18 +552,18 @@ def test_param_fit_at_matched_compute_recovers_exponent():
 
 
 def test_param_fit_flags_isoflop_minimum():
-    an = report.analyze(_param_records({1e4: 2.3, 3e4: 2.05, 1e5: 1.9, 3e5: 1.95, 1e6: 2.1}), n_boot=50)
+    an = report.analyze(_param_records({1e4: 2.3, 3e4: 2.05, 1e5: 1.9, 3e5: 1.95, 1e6: 2.1}), n_boot=50, fits=OLD_FITS)
     assert any("the lowest mean eval/bpb is at `N=1e+05` (N = 100K), not at the largest model" in x
                for x in an["limitations"])
 
 
 def test_param_fit_needs_three_sizes_and_matched_compute(tmp_path):
-    an = report.analyze(_param_records({1e4: 2.3, 1e5: 1.9}), n_boot=20)
+    an = report.analyze(_param_records({1e4: 2.3, 1e5: 1.9}), n_boot=20, fits=OLD_FITS)
     assert an["param_fit"] is None
     assert an["param_fit_note"].startswith("Parameter fit skipped: 2 distinct parameter counts at matched compute")
     # tokens-matched grid over 4 compute values: the per-run compute fit as before, no frontier, no L(N)
     recs = _write_study(tmp_path, points=POINTS4)
-    an = report.analyze(recs, n_boot=50)
+    an = report.analyze(recs, n_boot=50, fits=OLD_FITS)
     assert an["fit"] is not None
     for k in ("frontier", "frontier_fit", "frontier_note", "param_fit", "param_fit_note", "matched_compute"):
         assert an[k] is None, k

@@ -128,3 +128,122 @@ def test_listops_smoke_study_compares_attention_types(tmp_path):
     assert sorted({r["point"] for r in records}) == ["dense", "longformer", "performer"]
     assert all(0.0 <= r["final"]["eval/accuracy"] <= 1.0 for r in records)
     assert "performer" in (tmp_path / "report.md").read_text()
+
+
+# ----------------------------------------------------------------- tuning stage, protocol, Slurm (fake training)
+
+TUNE_LRS = [1e-3, 3e-3, 1e-2]
+BEST_LR = {32: 3e-3, 64: 3e-2}  # d_model 64's optimum lies beyond the grid: the choice is its edge, 1e-2
+
+
+def _fake_train(calls):
+    """A train function with a known optimum: bpb = 1 + (log10 lr - log10 best)^2 + 0.01 seed."""
+    import math
+
+    def train(cfg, workdir):
+        d, lr, steps = int(cfg.model.d_model), float(cfg.optim.learning_rate), int(cfg.train.num_steps)
+        calls.append((d, lr, steps, int(cfg.seed)))
+        v = 1.0 + (math.log10(lr) - math.log10(BEST_LR[d])) ** 2 + 0.01 * cfg.seed + 0.001 * d
+        tokens = steps * 64
+        final = {"eval/bpb": v, "eval/loss": v * 0.69}
+        return {"steps": steps, "tokens": tokens, "params": 1000 * d, "flops_per_token": 6000.0 * d,
+                "train_flops": 6000.0 * d * tokens, "wall_time_s": 0.0, "final": final, "best": final,
+                "curve": [{"step": steps, **final}]}
+    return train
+
+
+def _tuned_study(**kw):
+    from experiments.study.runner import Tuning
+
+    s = dict(name="tuned", config="experiments/configs/lm_tiny.py:smoke",
+             grid=[{"model.d_model": 32}, {"model.d_model": 64}], names=["d32", "d64"], seeds=[0, 1, 2],
+             budget={"mode": "steps", "value": 3}, baseline="d32",
+             tuning=Tuning(grid={"optim.learning_rate": TUNE_LRS}, budget={"mode": "steps", "value": 2}))
+    s.update(kw)
+    return Study(**s)
+
+
+def test_tuning_stage_picks_the_known_best_flags_the_edge_and_resumes(tmp_path):
+    calls = []
+    study = _tuned_study()
+    run_study(study, tmp_path, train_fn=_fake_train(calls), log=lambda *_: None)
+    tuning = load_results(tmp_path / "tuning.jsonl")
+    assert sorted((r["point"], r["tuning"]["optim.learning_rate"]) for r in tuning) == sorted(
+        (p, lr) for p in ("d32", "d64") for lr in TUNE_LRS)
+    assert all(r["seed"] == 0 and r["steps"] == 2 for r in tuning)  # one seed, the short budget
+    main = [c for c in calls if c[2] == 3]
+    assert sorted({(d, lr) for d, lr, _, _ in main}) == [(32, 3e-3), (64, 1e-2)]
+    records = load_results(tmp_path / "results.jsonl")
+    assert {r["point"]: r["tuned"]["optim.learning_rate"] for r in records} == {"d32": 3e-3, "d64": 1e-2}
+    md = (tmp_path / "report.md").read_text()
+    section = md.split("## Tuning stage\n", 1)[1].split("\n## ", 1)[0]
+    assert "| `d32` | 1.2596 | 1.0320 | 1.3054 | `learning_rate=0.003` |" in section
+    assert "`learning_rate=0.01` **at the grid edge (learning_rate)**" in section
+    assert "1 point(s) chose a value at the edge of the grid (`d64`)" in section
+    # Resumed: nothing trains again.
+    calls.clear()
+    run_study(study, tmp_path, train_fn=_fake_train(calls), log=lambda *_: None)
+    assert calls == []
+
+
+def test_untuned_study_says_so_and_fits_are_opt_in(tmp_path):
+    study = _tuned_study(tuning=None)
+    run_study(study, tmp_path, train_fn=_fake_train([]), log=lambda *_: None)
+    md = (tmp_path / "report.md").read_text()
+    assert "None: this study did not tune; every run uses learning rate 0.003" in md
+    assert "No scaling fit: this study declares none." in md
+    assert "Protocol: primary metric `eval/bpb`; secondary: `eval/loss`. **This is the primary metric.**" in md
+    sec = (tmp_path / "report_loss.md").read_text()
+    assert "**This report is for a secondary metric**" in sec and "- (secondary) d64 " in sec
+
+
+def test_family_wise_correction_counts_every_metric(tmp_path):
+    import numpy as np
+
+    from experiments.study import stats
+    from experiments.study.report import write_study_reports
+    from experiments.study.results import append_result
+
+    rng = np.random.default_rng(0)
+    for point, shift in (("a", 0.0), ("b", 0.01), ("c", 0.03)):
+        for seed in range(4):
+            v = 1.0 + shift + rng.normal(0, 0.01)
+            append_result(tmp_path / "results.jsonl", {
+                "study": "f", "point": point, "seed": seed, "overrides": {}, "data_order": "seed",
+                "budget": {"mode": "steps", "value": 3}, "params": 1, "train_flops": 1.0, "tokens": 1,
+                "final": {"eval/bpb": v, "eval/loss": v + rng.normal(0, 0.01)}, "curve": []})
+    study = _tuned_study(grid=[{}, {}, {}], names=["a", "b", "c"], baseline="a", tuning=None,
+                         metrics=("eval/bpb", "eval/loss"), correction="holm")
+    write_study_reports(tmp_path, study)
+    from experiments.study.report import analyze
+    recs = load_results(tmp_path / "results.jsonl")
+    raw = [c["p"] for m in ("eval/bpb", "eval/loss") for c in analyze(recs, baseline="a", metric=m)["comparisons"]]
+    want = stats.correct_pvalues(raw, "holm")  # one family of 4 tests, not 2 families of 2
+    got = []
+    for f in ("report.md", "report_loss.md"):
+        md = (tmp_path / f).read_text()
+        assert "one family of 4 tests (every comparison and trend test of all 2 metrics" in md
+        for line in md.splitlines():
+            if line.startswith("| `b`") or line.startswith("| `c`"):
+                got.append(float(line.split(" | ")[7]))
+    np.testing.assert_allclose(got, want, rtol=0.05)  # the report prints 2 significant digits
+    assert max(abs(g - w) for g, w in zip(got, stats.correct_pvalues(raw[:2], "holm").tolist() * 2)) > 0
+
+
+def test_print_commands_writes_a_slurm_job_array(tmp_path, capsys):
+    from experiments.study.runner import main
+
+    spec = tmp_path / "s.py"
+    spec.write_text("from experiments.study import Study\n"
+                    "def get_study(arg=None):\n"
+                    "    return Study(name='s', config='experiments/configs/lm_tiny.py:smoke', seeds=[0, 1],\n"
+                    "                 grid=[{'model.d_model': 32}, {'model.d_model': 64}],\n"
+                    "                 budget={'mode': 'flops', 'value': 1e10}, budgets=[1e10, 1e11])\n")
+    assert main([str(spec), "--out", str(tmp_path / "o"), "--print-commands"]) == 0
+    cmds = capsys.readouterr().out.strip().splitlines()
+    assert len(cmds) == 2 * 2 * 2  # points x budgets x seeds, each with its own schedule length
+    steps = [int(c.split("--config.train.num_steps=")[1].split()[0]) for c in cmds]
+    assert steps[0] == steps[1] and steps[2] >= 10 * steps[0]  # 10x the budget: 10x the steps, own schedule
+    body = (tmp_path / "o" / "slurm_array.sh").read_text()
+    assert "#SBATCH --array=0-7" in body and 'eval "${CMDS[$SLURM_ARRAY_TASK_ID]}"' in body
+    assert all(c in body or __import__("shlex").quote(c) in body for c in cmds)

@@ -54,7 +54,7 @@ from experiments.study.fits import COMPUTE_TOL_DECADES, _distinct_compute, _fron
 from nn.errors import ReportError
 from trainer.metrics import higher_is_better
 
-__all__ = ["ReportError", "analyze", "render_markdown", "plot_metric_vs_compute", "plot_metric_vs_params",
+__all__ = ["ReportError", "analyze", "apply_family", "write_study_reports", "render_markdown", "plot_metric_vs_compute", "plot_metric_vs_params",
            "plot_curves", "write_report", "main"]
 
 ALPHA = 0.05
@@ -80,10 +80,26 @@ def _nanmean(vals) -> float:
     return float(arr.mean()) if arr.size else float("nan")
 
 
+FIT_KINDS = {
+    "compute": "per-run L(C) = a·C^(-b) + c over >= 3 compute values",
+    "frontier": "L(C) on the compute-efficient frontier of the learning curves (FLOPs-matched grids)",
+    "params": "L(N) = a·N^(-b) + c at matched compute",
+    "isoflop": "Chinchilla approach 2: per-budget parabolas, N_opt(C) and L_opt(C)",
+    "parametric": "Chinchilla approach 3: L(N, D) = E + A/N^alpha + B/D^beta, held-out budget, sensitivity",
+}
+
+
 def analyze(records: list[dict], baseline: str | None = None, metric: str = "eval/bpb",
             correction: str = "holm", use: str = "final", confidence: float = 0.95,
-            n_boot: int = 1000) -> dict:
-    """Per-point summaries, comparisons against the baseline and the power-law fits.
+            n_boot: int = 1000, fits=(), comparisons=None, trend: str | None = None) -> dict:
+    """Per-point summaries, comparisons, dose-response trends and the declared fits.
+
+    ``fits``: the fits to run (keys of FIT_KINDS, or a {kind: question} dict); none by default,
+    fits are opt-in per study. ``comparisons``: (point, baseline) pairs to test; default every
+    point against ``baseline``. ``trend``: a dotted override key of an ordered factor
+    (``data.batch_size``): for every group of points that agree on their other overrides and
+    span >= 2 levels of it, the OLS slope of the metric on log2(level) with a t CI
+    (``stats.trend_test``) and a Jonckheere-Terpstra check.
 
     Returns a plain dict (see ``render_markdown`` for how it is presented).
     Besides the per-run compute fit (``fit``, ``fit_note``) it holds:
@@ -107,6 +123,10 @@ def analyze(records: list[dict], baseline: str | None = None, metric: str = "eva
         raise ReportError(f"unknown --correction {correction!r}; use 'holm' or 'bh'")
     if not records:
         raise ReportError("no valid records in results file")
+    fits = dict(fits) if isinstance(fits, dict) else {k: "" for k in fits}
+    unknown = sorted(set(fits) - set(FIT_KINDS))
+    if unknown:
+        raise ReportError(f"unknown fit(s) {unknown}; known: {sorted(FIT_KINDS)}")
 
     missing = [r for r in records if not isinstance(r.get(use), dict) or metric not in r[use]]
     if missing:
@@ -177,11 +197,17 @@ def analyze(records: list[dict], baseline: str | None = None, metric: str = "eva
         limitations.append(f"Budget modes are mixed across runs ({', '.join(modes)}); "
                            f"points were not trained under one matched budget.")
 
+    if comparisons is None:
+        pairs = [(p["point"], baseline) for p in points if p["point"] != baseline]
+    else:
+        pairs = [tuple(x) for x in comparisons]
+        bad = sorted({x for pr in pairs for x in pr if x not in by_name})
+        if bad:
+            raise ReportError(f"declared comparison(s) name unknown point(s) {bad}; points are {list(by_name)}")
     comparisons = []
-    for p in points:
-        if p["point"] == baseline:
-            continue
-        c = {"point": p["point"], "baseline": baseline, "status": "ok", "dropped": None,
+    for pname, bname in pairs:
+        p, base = by_name[pname], by_name[bname]
+        c = {"point": p["point"], "baseline": bname, "status": "ok", "dropped": None,
              "matched": _matched_phrase(p, base)}
         if p["n"] < 2 or base["n"] < 2:
             c["status"] = "not enough seeds"
@@ -196,33 +222,36 @@ def analyze(records: list[dict], baseline: str | None = None, metric: str = "eva
             only_b = sorted(set(base["seeds"]) - set(common))
             if only_p or only_b:
                 c["dropped"] = (only_p, only_b)
-                limitations.append(f"`{p['point']}` vs `{baseline}`: paired on common seeds {common}; "
-                                   f"unmatched seeds dropped (`{p['point']}`: {only_p}, `{baseline}`: {only_b}).")
+                limitations.append(f"`{p['point']}` vs `{bname}`: paired on common seeds {common}; "
+                                   f"unmatched seeds dropped (`{p['point']}`: {only_p}, `{bname}`: {only_b}).")
         else:
             res = stats.compare(p["values"], base["values"], paired=False, confidence=confidence)
         c.update(res)
         comparisons.append(c)
 
-    raw = np.array([c.get("p", np.nan) if c["status"] == "ok" else np.nan for c in comparisons], dtype=float)
-    adj = stats.correct_pvalues(raw, method=correction)
-    for c, q in zip(comparisons, adj):
-        c["p_adj"] = float(q)
+    trends = _trends(points, trend, confidence) if trend else []
+    tests = [c for c in comparisons if c["status"] == "ok"] + trends
+    adj = stats.correct_pvalues([t["p"] for t in tests], method=correction)
+    for c in comparisons:
+        c["p_adj"] = float("nan")
+    for t, q in zip(tests, adj):
+        t["p_adj"] = float(q)
 
     for c in comparisons:
         if c["status"] != "ok":
             continue
-        p, b = by_name[c["point"]], base
+        p, b = by_name[c["point"]], by_name[c["baseline"]]
         if p["ci_low"] <= b["ci_high"] and b["ci_low"] <= p["ci_high"]:
             limitations.append(
                 f"The {confidence:.0%} CIs of `{p['point']}` [{p['ci_low']:.4f}, {p['ci_high']:.4f}] and "
                 f"`{b['point']}` [{b['ci_low']:.4f}, {b['ci_high']:.4f}] overlap; overlap alone does not mean "
                 f"\"no difference\" (see the CI of the difference, which for paired seeds is narrower).")
 
-    fit, fit_note = _fit(points, metric, n_boot, confidence)
-    # Selection rule: >= 3 distinct compute values -> the per-run fit above, as before.
-    # Fewer (a FLOPs-matched grid) -> the compute law from the learning-curve frontier.
+    fit = fit_note = None
+    if "compute" in fits:
+        fit, fit_note = _fit(points, metric, n_boot, confidence)
     frontier = frontier_fit = frontier_note = None
-    if _n_compute(points) < 3:
+    if "frontier" in fits and _n_compute(points) < 3:
         frontier, frontier_fit, frontier_note, lims = _frontier(points, metric, n_boot, confidence)
         limitations += lims
     if fit_note and not fit_note.startswith("Fitted") and frontier_fit is None:
@@ -238,8 +267,16 @@ def analyze(records: list[dict], baseline: str | None = None, metric: str = "eva
             limitations.append(f"Only {fit['n_boot_ok']} of {fit['n_boot']} bootstrap refits of the power law "
                                f"succeeded; the CI on b is less reliable.")
 
-    param_fit, param_fit_note, matched_compute, lims = _param_fit(points, metric, use, n_boot, confidence)
-    limitations += lims
+    param_fit = param_fit_note = matched_compute = None
+    if "params" in fits:
+        param_fit, param_fit_note, matched_compute, lims = _param_fit(points, metric, use, n_boot, confidence)
+        limitations += lims
+    scaling_an = None
+    if "isoflop" in fits or "parametric" in fits:
+        from experiments.study.scaling_report import analyze_scaling
+
+        scaling_an, lims = analyze_scaling(points, metric, fits, confidence)
+        limitations += lims
 
     studies = sorted({str(r.get("study")) for r in records if r.get("study") is not None})
     return {"metric": metric, "use": use, "correction": correction, "confidence": confidence,
@@ -247,7 +284,50 @@ def analyze(records: list[dict], baseline: str | None = None, metric: str = "eva
             "fit_note": fit_note, "limitations": limitations, "modes": modes, "studies": studies,
             "n_records": len(records), "frontier": frontier, "frontier_fit": frontier_fit,
             "frontier_note": frontier_note, "param_fit": param_fit, "param_fit_note": param_fit_note,
-            "matched_compute": matched_compute}
+            "matched_compute": matched_compute, "fits": fits, "trends": trends, "trend_factor": trend,
+            "scaling": scaling_an, "family": {"m": len(tests), "n_metrics": 1, "method": correction},
+            "role": None}
+
+
+def _trends(points, factor: str, confidence: float) -> list[dict]:
+    """One trend test per group of points that agree on every override but `factor`."""
+    groups: dict[str, list] = {}
+    for p in points:
+        ov = p["records"][0].get("overrides", {}) if p["records"] else {}
+        if factor not in ov:
+            continue
+        key = ",".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in ov.items() if k != factor) or "all points"
+        groups.setdefault(key, []).append((float(ov[factor]), p))
+    out = []
+    for key, members in groups.items():
+        members.sort(key=lambda m: m[0])
+        if len({lv for lv, _ in members}) < 2:
+            continue
+        x = np.concatenate([[lv] * p["n"] for lv, p in members])
+        y = np.concatenate([p["values"] for _, p in members])
+        if x.size < 3:
+            continue
+        t = stats.trend_test(x, y, confidence=confidence)
+        jt = stats.jonckheere_terpstra([p["values"] for _, p in members if p["n"]])
+        t.update(group=key, factor=factor, levels=[lv for lv, _ in members], points=[p["point"] for _, p in members],
+                 p_jt=jt["p"], jt_exact=jt["exact"])
+        out.append(t)
+    return out
+
+
+def apply_family(analyses: list[dict], method: str = "holm") -> None:
+    """Correct every test of several metrics' analyses as one family (in place).
+
+    The family is every comparison t-test and every trend slope of every metric; ``p_adj``
+    of each is replaced by the family-wise Holm (or BH) adjusted value.
+    """
+    tests = [t for an in analyses for t in [c for c in an["comparisons"] if c["status"] == "ok"] + an["trends"]]
+    adj = stats.correct_pvalues([t["p"] for t in tests], method=method)
+    for t, q in zip(tests, adj):
+        t["p_adj"] = float(q)
+    for an in analyses:
+        an["correction"] = method
+        an["family"] = {"m": len(tests), "n_metrics": len(analyses), "method": method}
 
 
 def _matched_phrase(p: dict, base: dict) -> str:
@@ -339,6 +419,13 @@ def render_markdown(an: dict, title: str = "", load_errors=(), suffix: str = "")
     metric, corr, conf = an["metric"], an["correction"], an["confidence"]
     unit = _unit(metric)
     lines = [f"# Report: {title or ', '.join(an['studies']) or 'study'}", ""]
+    role = an.get("role")
+    if role is not None:
+        lines.append(f"- Protocol: primary metric `{role['primary']}`"
+                     + (f"; secondary: {', '.join(f'`{m}`' for m in role['secondary'])}" if role["secondary"] else "")
+                     + (". **This is the primary metric.**" if role["primary"] == metric else
+                        ". **This report is for a secondary metric**: its results support, and never replace, "
+                        "the primary metric's; none is a headline result."))
     budgets = sorted({b for p in an["points"] for b in p["budgets"]}, key=str)
     if an["modes"]:
         bdesc = ", ".join(f"{m} = {_g(v)}" for m, v in budgets if m is not None)
@@ -346,13 +433,20 @@ def render_markdown(an: dict, title: str = "", load_errors=(), suffix: str = "")
     else:
         lines.append("- Budget mode: not recorded")
     use_desc = "value at the last eval" if an["use"] == "final" else "best (minimum) value over evals"
+    fam = an.get("family") or {"m": sum(c['status'] == 'ok' for c in an['comparisons']), "n_metrics": 1}
+    if fam["n_metrics"] > 1:
+        family = (f"p-values corrected as one family of {fam['m']} tests (every comparison and trend test of "
+                  f"all {fam['n_metrics']} metrics of the study)")
+    elif an.get("trends"):
+        family = f"p-values corrected across {fam['m']} tests (comparisons and trend tests)"
+    else:
+        family = f"p-values corrected across {fam['m']} comparisons"
     lines += [
         f"- Metric: `{metric}`, {use_desc} of each run; {'higher' if higher_is_better(metric) else 'lower'} is better.",
         f"- Runs: {an['n_records']} records, {len(an['points'])} points; baseline: `{an['baseline']}`.",
         f"- Means: {conf:.0%} Student-t CIs over seeds. Comparisons vs the baseline: paired t-test on common "
         f"seeds when both points have seed-determined data order, Welch's t-test otherwise; "
-        f"p-values corrected across {sum(c['status'] == 'ok' for c in an['comparisons'])} comparisons with "
-        f"{_CORRECTION_NAMES[corr]}. Significance at corrected p < {ALPHA}.",
+        f"{family} with {_CORRECTION_NAMES[corr]}. Significance at corrected p < {ALPHA}.",
         "- Cohen's d: pooled-SD d for Welch comparisons; d_z = mean(diff)/sd(diff) for paired ones "
         "(Cohen 1988), which is larger than d when seeds are correlated. The Wilcoxon signed-rank p "
         "(paired only, uncorrected) is a distribution-free check; with n pairs it cannot go below 2^(1-n) "
@@ -363,7 +457,7 @@ def render_markdown(an: dict, title: str = "", load_errors=(), suffix: str = "")
         "| point | params | train FLOPs | n | mean ± CI | diff vs baseline ± CI | p (raw) | p (corrected) | Cohen's d |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    comp = {c["point"]: c for c in an["comparisons"]}
+    comp = {c["point"]: c for c in an["comparisons"] if c["baseline"] == an["baseline"]}
     for p in an["points"]:
         if p["n"] >= 2:
             m, h = _pm(p["mean"], (p["ci_high"] - p["ci_low"]) / 2)
@@ -378,6 +472,8 @@ def render_markdown(an: dict, title: str = "", load_errors=(), suffix: str = "")
         if p["point"] == an["baseline"]:
             row[0] += " (baseline)"
             row += ["baseline", "–", "–", "–"]
+        elif p["point"] not in comp:
+            row += ["not compared", "–", "–", "–"]
         elif comp[p["point"]]["status"] != "ok":
             row += ["not enough seeds", "–", "–", "–"]
         else:
@@ -389,13 +485,29 @@ def render_markdown(an: dict, title: str = "", load_errors=(), suffix: str = "")
 
     lines += ["", "## Comparisons", ""]
     if an["comparisons"]:
-        lines += [f"- {_plain_line(c, corr, unit, higher_is_better(metric))}" for c in an["comparisons"]]
+        tag = "(secondary) " if role is not None and role["primary"] != metric else ""
+        lines += [f"- {tag}{_plain_line(c, corr, unit, higher_is_better(metric))}" for c in an["comparisons"]]
     else:
         lines.append("- No comparisons (a single point, or every point has a single seed).")
 
-    lines += ["", "## Scaling fit", "", an["fit_note"], ""]
+    lines += _trend_lines(an, unit)
+    lines += ["", "## Scaling fit", ""]
+    if not an.get("fits"):
+        lines += ["No scaling fit: this study declares none. Fits are opt-in: a study names each fit it wants "
+                  "and the question it answers (never a power law across architectures or router arms).", ""]
+    else:
+        lines += ["Fits declared by the study, with the question each answers:", ""]
+        lines += [f"- `{k}` ({FIT_KINDS[k]}){': ' + q if q else ''}" for k, q in an["fits"].items()] + [""]
+        if an.get("fit_note"):
+            lines += [an["fit_note"], ""]
     lines += _frontier_lines(an) + _param_lines(an)
+    if an.get("scaling") is not None:
+        from experiments.study.scaling_report import scaling_lines
 
+        lines += scaling_lines(an)
+
+    if an.get("tuning_lines"):
+        lines += list(an["tuning_lines"])
     lim = list(an["limitations"])
     if load_errors:
         lim.insert(0, f"{len(load_errors)} malformed line(s) in results.jsonl were skipped: "
@@ -406,6 +518,38 @@ def render_markdown(an: dict, title: str = "", load_errors=(), suffix: str = "")
     if an.get("param_fit_note") is not None:
         lines += [f"![{metric} vs parameters](metric_vs_params{suffix}.png)", ""]
     return "\n".join(lines)
+
+
+def _trend_lines(an: dict, unit: str) -> list[str]:
+    trends = an.get("trends") or []
+    if not an.get("trend_factor"):
+        return []
+    factor = an["trend_factor"]
+    out = ["", f"## Dose-response: `{factor}`", "",
+           f"Ordered factor `{factor}`: the metric regressed on log2({factor.rsplit('.', 1)[-1]}) over every run "
+           f"(each seed a point), slope = change per doubling with its {an['confidence']:.0%} t CI; p tests slope 0 "
+           f"and is corrected with the comparisons. The Jonckheere-Terpstra p (two-sided, "
+           f"permutation; uncorrected) is a distribution-free check of a monotone trend.", ""]
+    if not trends:
+        return out + ["No group of points spans two levels of the factor.", ""]
+    out += ["| group | levels | slope per doubling ± CI | p (raw) | p (corrected) | JT p | R² |",
+            "|---|---|---|---|---|---|---|"]
+    for t in trends:
+        sl, h = _pm(t["slope"], (t["ci_high"] - t["ci_low"]) / 2)
+        out.append(f"| {_esc(t['group'])} | {', '.join(_g(v) for v in t['levels'])} | {sl} ± {h} {unit} | "
+                   f"{_p(t['p'])} | {_p(t['p_adj'])} | {_p(t['p_jt'])} | {t['r2']:.2f} |")
+    out.append("")
+    for t in trends:
+        sl, h = _pm(abs(t["slope"]), (t["ci_high"] - t["ci_low"]) / 2)
+        if t["p_adj"] < ALPHA:
+            word = "rises" if t["slope"] > 0 else "falls"
+            out.append(f"- {t['group']}: the metric {word} by {sl} ± {h} {unit} per doubling of "
+                       f"{factor.rsplit('.', 1)[-1]} (p_{an['correction']} = {_p(t['p_adj'])}).")
+        else:
+            out.append(f"- {t['group']}: no significant trend with {factor.rsplit('.', 1)[-1]} "
+                       f"(slope {t['slope']:+.3g} ± {(t['ci_high'] - t['ci_low']) / 2:.2g} {unit} per doubling, "
+                       f"p_{an['correction']} = {_p(t['p_adj'])}).")
+    return out + [""]
 
 
 def _frontier_lines(an: dict) -> list[str]:
@@ -469,7 +613,8 @@ def _param_lines(an: dict) -> list[str]:
 # --------------------------------------------------------------------------- entry points
 
 def write_report(results_dir, baseline: str | None = None, metric: str = "eval/bpb",
-                 correction: str = "holm", use: str = "final", n_boot: int = 1000, suffix: str = "") -> Path:
+                 correction: str = "holm", use: str = "final", n_boot: int = 1000, suffix: str = "",
+                 fits=(), comparisons=None, trend: str | None = None) -> Path:
     """Write report.md, metric_vs_compute.png, curves.png and (matched compute, >= 2 model sizes)
     metric_vs_params.png into ``results_dir``; return report.md's path.
 
@@ -479,6 +624,13 @@ def write_report(results_dir, baseline: str | None = None, metric: str = "eval/b
     ``n_boot`` is the number of bootstrap refits for the CI on the power-law
     exponent. Deterministic for the same input (bootstrap seeds are fixed).
     """
+    records, errors = _load(results_dir)
+    an = analyze(records, baseline=baseline, metric=metric, correction=correction, use=use, n_boot=n_boot,
+                 fits=fits, comparisons=comparisons, trend=trend)
+    return _write(Path(results_dir), an, records, errors, suffix)
+
+
+def _load(results_dir):
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise FileNotFoundError(f"results directory not found: {results_dir}")
@@ -488,8 +640,12 @@ def write_report(results_dir, baseline: str | None = None, metric: str = "eval/b
         records, errors = load_results(results_dir / "results.jsonl", return_errors=True)
     if errors:
         warnings.warn(f"{results_dir / 'results.jsonl'}: skipped {len(errors)} malformed line(s) at "
-                      f"line(s) {[n for n, _ in errors]}", UserWarning, stacklevel=2)
-    an = analyze(records, baseline=baseline, metric=metric, correction=correction, use=use, n_boot=n_boot)
+                      f"line(s) {[n for n, _ in errors]}", UserWarning, stacklevel=3)
+    return records, errors
+
+
+def _write(results_dir: Path, an: dict, records, errors, suffix: str) -> Path:
+    metric = an["metric"]
     md = render_markdown(an, title=", ".join(an["studies"]) or results_dir.name, load_errors=errors, suffix=suffix)
     _save(lambda ax: plot_metric_vs_compute(ax, an), results_dir / f"metric_vs_compute{suffix}.png")
     _save(lambda ax: plot_curves(ax, records, metric), results_dir / f"curves{suffix}.png")
@@ -498,6 +654,40 @@ def write_report(results_dir, baseline: str | None = None, metric: str = "eval/b
     out = results_dir / f"report{suffix}.md"
     out.write_text(md, encoding="utf-8")
     return out
+
+
+def metric_suffix(j: int, metric: str) -> str:
+    """'' for the first (primary) metric, else '_<last part of the name>'."""
+    import re
+
+    return "" if j == 0 else "_" + re.sub(r"[^A-Za-z0-9]+", "_", metric.split("/", 1)[-1])
+
+
+def write_study_reports(results_dir, study, n_boot: int = 1000, tuning_lines=None) -> list[Path]:
+    """One report per metric of a study, under its declared protocol.
+
+    The primary metric (``study.primary``, default the first of ``study.metrics``) gets
+    ``report.md``; every secondary metric ``report_<name>.md``, marked secondary. Every test
+    printed in any of them (comparisons and trend slopes of every metric) is corrected as one
+    family with ``study.correction``. The declared fits run on the primary metric only.
+    ``tuning_lines``: the tuning stage's section (markdown lines), added to every report.
+    """
+    records, errors = _load(results_dir)
+    primary = study.primary or study.metrics[0]
+    metrics = [primary] + [m for m in study.metrics if m != primary]
+    analyses = []
+    for m in metrics:
+        analyses.append(analyze(records, baseline=study.baseline, metric=m, correction=study.correction,
+                                n_boot=n_boot, fits=study.fits if m == primary else (),
+                                comparisons=study.comparisons if study.compare else [], trend=study.trend))
+    apply_family(analyses, study.correction)
+    role = {"primary": primary, "secondary": metrics[1:]}
+    paths = []
+    for j, an in enumerate(analyses):
+        an["role"] = role
+        an["tuning_lines"] = tuning_lines
+        paths.append(_write(Path(results_dir), an, records, errors, metric_suffix(j, an["metric"])))
+    return paths
 
 
 class _Parser(argparse.ArgumentParser):
@@ -514,12 +704,15 @@ def main(argv=None) -> int:
     ap.add_argument("--metric", default="eval/bpb")
     ap.add_argument("--correction", choices=["holm", "bh"], default="holm")
     ap.add_argument("--use", choices=["final", "best"], default="final")
+    ap.add_argument("--fit", action="append", default=[], choices=sorted(FIT_KINDS),
+                    help="a scaling fit to add (repeatable); none by default")
+    ap.add_argument("--trend", default=None, help="dotted override key of an ordered factor, e.g. data.batch_size")
     args = ap.parse_args(argv)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
             path = write_report(args.results_dir, baseline=args.baseline, metric=args.metric,
-                                correction=args.correction, use=args.use)
+                                correction=args.correction, use=args.use, fits=args.fit, trend=args.trend)
     except (ReportError, FileNotFoundError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
