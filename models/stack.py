@@ -214,6 +214,13 @@ def unstack_params(tree: dict, cfg) -> dict:
     return out
 
 
-def params_layout(tree: dict) -> str:
-    """"scanned" or "unscanned" for a parameter tree of a model with a block stack."""
-    return "scanned" if "layers" in tree else "unscanned"
+def params_layout(tree) -> str:
+    """"scanned" or "unscanned": the layout of a parameter tree (the first block stack found, depth first)."""
+    if isinstance(tree, dict):
+        if "layers" in tree or "blocks" in tree:
+            return "scanned" if "layers" in tree else "unscanned"
+        for v in tree.values():
+            found = params_layout(v)
+            if found != "none":
+                return found
+    return "none"

@@ -216,3 +216,25 @@ def test_final_logit_softcap_caps_the_model_logits():
 def test_depth_and_stability_config_errors(kw, match):
     with pytest.raises(ConfigError, match=match.replace("(", r"\(").replace("[", r"\[")):
         validate_model_config(model_cfg(**kw))
+
+
+def test_a_checkpoint_of_the_other_layout_is_a_one_line_error_and_init_from_converts():
+    from nn.errors import CheckpointMismatchError
+    from trainer.checkpoint import check_compatible
+    from trainer.loop import layout_converter
+
+    saved = {"model": {"scan_layers": True, "remat": "full"}}
+    with pytest.raises(CheckpointMismatchError, match=r"scanned parameter layout \(model.scan_layers=True\).*"
+                                                      r"train.init_from='w', which converts") as e:
+        check_compatible(saved, {"model": {"scan_layers": False, "remat": "full"}}, "w")
+    assert "\n" not in str(e.value)
+    check_compatible(saved, {"model": {"scan_layers": True, "remat": "none"}}, "w")  # remat may change
+    check_compatible({"model": {}}, {"model": {"scan_layers": False, "qk_norm": False}}, "w")  # older checkpoints
+    cfg = model_cfg()
+    c2 = copy.deepcopy(cfg)
+    c2.scan_layers = True
+    params = nnx.to_pure_dict(nnx.state(build(cfg)))
+    stacked = layout_converter(cfg, c2, params)(params)
+    np.testing.assert_array_equal(stacked["layers"][0]["attn"]["wo_NHD"][1], params["blocks"][1]["attn"]["wo_NHD"])
+    jax.tree.map(np.testing.assert_array_equal, layout_converter(c2, cfg, stacked)(stacked), params)
+    assert layout_converter(cfg, cfg, params)(params) is params

@@ -45,6 +45,11 @@ log = logging.getLogger("train")
 # different values cannot be continued. `train.*`, `optim.*`, `mesh.*` and
 # `sample.*` may change between launches (longer runs, new mesh).
 IDENTITY_FIELDS = ("task", "seed", "model", "data")
+# Model fields a run may change between launches (rematerialisation changes memory, not numbers).
+_FREE_FIELDS = ("model.remat",)
+# Model fields added after checkpoints were written: a checkpoint without one was written with this value.
+_ADDED_DEFAULTS = {"model.scan_layers": False, "model.qk_norm": False, "model.attn_logit_softcap": 0.0,
+                   "model.final_logit_softcap": 0.0}
 _DATA_FREE = ("eval_batches", "eval_batch_size")
 
 
@@ -85,7 +90,16 @@ def check_compatible(saved_cfg: dict, current_cfg: dict, workdir: str, fields=ID
     """CheckpointMismatchError naming the first identity field (of `fields`' sections) that differs."""
     saved, current = _identity(saved_cfg, fields), _identity(current_cfg, fields)
     for field in sorted(set(saved) | set(current)):
-        if saved.get(field) != current.get(field):
+        if field in _FREE_FIELDS:
+            continue
+        if saved.get(field, _ADDED_DEFAULTS.get(field)) != current.get(field, _ADDED_DEFAULTS.get(field)):
+            if field == "model.scan_layers":
+                layout = "scanned" if saved.get(field) else "unscanned"
+                raise CheckpointMismatchError(
+                    f"workdir {workdir!r} holds a checkpoint in the {layout} parameter layout "
+                    f"(model.scan_layers={saved.get(field)!r}), but the config has model.scan_layers="
+                    f"{current.get(field)!r}; keep the old value, or start a new --workdir with "
+                    f"train.init_from={workdir!r}, which converts the parameters (models.stack.stack_params)")
             raise CheckpointMismatchError(
                 f"workdir {workdir!r} holds a checkpoint with {field}={saved.get(field)!r}, "
                 f"but the config has {field}={current.get(field)!r}; use a new --workdir or the old config"

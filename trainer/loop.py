@@ -27,6 +27,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from models import variants
 from models.config import validate_model_config
+from models.stack import params_layout, stack_params, unstack_params
 from nn.context import ForwardContext
 from nn.errors import ConfigError, InputError, MeshError
 from sharding.axes import logical_rules, logical_to_spec
@@ -348,8 +349,9 @@ def init_params_from(spec: str, s: Setup) -> dict:
         other.mesh = s.config.mesh
         other.train.init_from = ""
         o = setup(other, list(s.mesh.devices.flat))
+        convert = layout_converter(o.config.model, s.config.model, o.abstract_params)  # scanned <-> unscanned
         want = dict(jax.tree_util.tree_flatten_with_path(s.abstract_params)[0])
-        have = dict(jax.tree_util.tree_flatten_with_path(o.abstract_params)[0])
+        have = dict(jax.tree_util.tree_flatten_with_path(jax.eval_shape(convert, o.abstract_params))[0])
         for path in sorted(set(want) | set(have), key=jax.tree_util.keystr):
             a, b = want.get(path), have.get(path)
             if a is None or b is None or a.shape != b.shape:
@@ -357,10 +359,19 @@ def init_params_from(spec: str, s: Setup) -> dict:
                                  f"{None if b is None else b.shape} in the source run but "
                                  f"{None if a is None else a.shape} in this model")
         with jax.set_mesh(s.mesh):
-            params = ckpt.restore(step, abstract_state(o))["params"]
+            params = convert(ckpt.restore(step, abstract_state(o))["params"])
     finally:
         ckpt.close()
     return jax.device_put(params, s.param_shardings)
+
+
+def layout_converter(src_model_cfg, dst_model_cfg, src_params):
+    """params -> params in the destination's layer layout (models/stack.py); identity when the layouts agree."""
+    src_scan, dst_scan = bool(src_model_cfg.get("scan_layers", False)), bool(dst_model_cfg.get("scan_layers", False))
+    if src_scan == dst_scan or not isinstance(src_params, dict) or not ({"blocks", "layers"} & set(src_params)):
+        return lambda params: params
+    return ((lambda params: stack_params(params, dst_model_cfg)) if dst_scan else
+            (lambda params: unstack_params(params, src_model_cfg)))
 
 
 def finished_summary(workdir: str, stop_at: int, latest_step: int | None) -> dict | None:
@@ -465,7 +476,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
                     log.info("sample: %r", extras["sample"])
 
         def meta(step: int) -> dict:
-            return {"config": cfg_dict, "step": step, "data": {"seed": int(cfg.seed), "next_step": step},
+            return {"config": cfg_dict, "step": step, "param_layout": params_layout(s.abstract_params), "data": {"seed": int(cfg.seed), "next_step": step},
                     "nan_guard": {"skipped_steps": monitor.skipped}}
 
         monitor = NanMonitor(s.nan_policy, nan_guard.leaf_names(s.abstract_params),
