@@ -30,6 +30,7 @@ setup(
         "numpy>=2.0,<3",
         "tqdm>=4.66,<5",
         "tensorboardX>=2.6,<3",
+        "etils[epath]>=1.7,<2",      # workdirs on any epath path, gs:// included (trainer/paths.py); orbax needs it too
         "scipy>=1.14,<2",
         "threadpoolctl>=3.1,<4",     # one BLAS thread in the scaling-law fits (experiments/study/scaling.py)
         "matplotlib>=3.9,<4",
@@ -44,6 +45,8 @@ setup(
             "nbclient>=0.10,<0.12",
             "nbformat>=5.10,<6",
             "ipykernel>=6.29,<8",
+            "tensorboard>=2.17,<3",  # the README's `tensorboard --logdir runs/` (tensorboardX only writes)
+            "wandb>=0.19,<0.32",     # the optional W&B writer's test (train.wandb_project; never imported otherwise)
         ],
     },
 )

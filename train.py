@@ -73,6 +73,8 @@ def check_workdir(workdir: str) -> None:
     """A workdir a run can write to; nothing is created here."""
     if not workdir.strip():
         raise InputError("--workdir is empty; name a folder for checkpoints and metrics")
+    if "://" in workdir:
+        return  # gs://, s3://, ...: opened through etils.epath and Orbax (docs/training.md); not probed here
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise InputError(f"--workdir={workdir!r} is an existing file, not a folder")
     probe = os.path.abspath(workdir)

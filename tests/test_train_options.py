@@ -79,3 +79,26 @@ def test_a_run_with_every_option_logs_them_and_writes_a_trace(tmp_path, devices,
         for key in ("train/loss", "train/mfu", "train/grad_norm/layer_0"):
             assert json.dumps(r[key]).encode() in blob, (key, r[key])
     assert json.dumps(summary["final"]["eval/loss"]).encode() in blob and b"scaling-tests" in blob
+
+
+def test_object_store_writer_path_writes_what_the_append_path_writes(tmp_path, monkeypatch):
+    """The MetricWriter branch for object stores (rewrite, no append), run on local files: the same rows,
+    and a resume drops the rows past the resumed step in both."""
+    from trainer import writer
+
+    def run(wd, local):
+        monkeypatch.setattr(writer, "is_local", lambda _: local)
+        w = writer.MetricWriter(str(wd), tensorboard=False)
+        for step in (1, 2, 3):
+            w.write(step, {"train/loss": 1.0 / step, "eval/sample": "x"})
+        w.close()
+        w = writer.MetricWriter(str(wd), tensorboard=False, resume_step=2)  # redo step 3
+        w.write(3, {"train/loss": 0.25})
+        w.close()
+        return (wd / "metrics.jsonl").read_text()
+
+    a, b = run(tmp_path / "append", True), run(tmp_path / "rewrite", False)
+    assert a == b
+    assert [json.loads(line) for line in a.splitlines()] == [
+        {"step": 1, "train/loss": 1.0, "eval/sample": "x"}, {"step": 2, "train/loss": 0.5, "eval/sample": "x"},
+        {"step": 3, "train/loss": 0.25}]

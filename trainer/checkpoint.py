@@ -28,7 +28,6 @@ hand; a checkpoint of another config is still an error, not damage.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import logging
@@ -38,6 +37,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from nn.errors import CheckpointMismatchError
+from trainer.paths import workdir_path
 
 log = logging.getLogger("train")
 
@@ -108,9 +108,10 @@ def check_compatible(saved_cfg: dict, current_cfg: dict, workdir: str, fields=ID
 
 class Checkpointer:
     def __init__(self, workdir: str, keep: int, async_save: bool = True):
-        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        self.path = workdir_path(workdir) / "checkpoints"  # local (made absolute) or any epath, e.g. gs://
+        self.directory = str(self.path)
         self.manager = ocp.CheckpointManager(
-            self.directory,
+            self.path,
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=keep, enable_async_checkpointing=async_save, create=True,
                 cleanup_tmp_directories=True,  # leftovers of a save that a crash cut short
@@ -125,12 +126,11 @@ class Checkpointer:
         return sorted(self.manager.all_steps())
 
     def read_meta(self, step: int) -> dict:
-        path = os.path.join(self.directory, str(step), "meta", "metadata")
-        if not os.path.exists(path):
+        path = self.path / str(step) / "meta" / "metadata"
+        if not path.exists():
             restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
             return dict(restored["meta"])
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return json.loads(path.read_text(encoding="utf-8"))
 
     def save(self, step: int, state: Any, meta: dict) -> None:
         self.manager.save(
@@ -146,14 +146,14 @@ class Checkpointer:
 
     def quarantine(self, step: int) -> str:
         """Renames checkpoint `step` to `<step>.damaged` (or `.damaged-<n>`) on process 0; returns the new path."""
-        src = os.path.join(self.directory, str(step))
-        dst, n = f"{src}.damaged", 1
-        while os.path.exists(dst):
-            dst, n = f"{src}.damaged-{n}", n + 1
-        if jax.process_index() == 0 and os.path.exists(src):
-            os.replace(src, dst)
+        src = self.path / str(step)
+        dst, n = self.path / f"{step}.damaged", 1
+        while dst.exists():
+            dst, n = self.path / f"{step}.damaged-{n}", n + 1
+        if jax.process_index() == 0 and src.exists():
+            src.rename(dst)
         self.manager.reload()
-        return dst
+        return str(dst)
 
     def restore_newest(self, abstract_state: Any, check_meta: Callable[[dict], None]) -> tuple[int | None, Any, dict]:
         """(step, state, meta) of the newest checkpoint that restores; (None, None, {}) when none does.

@@ -13,7 +13,6 @@ import dataclasses
 import functools
 import json
 import logging
-import os
 import time
 from typing import Any
 
@@ -39,6 +38,7 @@ from trainer.checkpoint import Checkpointer, check_compatible
 from trainer.metrics import higher_is_better
 from trainer.nan_guard import NanMonitor, NonFiniteError
 from trainer.optim import make_optimizer, validate_optim_config
+from trainer.paths import read_json, workdir_path, write_json_atomic
 from trainer.profiling import StepProfiler, profile_window
 from trainer.preemption import Preempted, PreemptionWatcher
 from trainer.writer import MetricWriter, Progress, check_wandb
@@ -85,7 +85,7 @@ def validate_config(config, mesh) -> None:
     if init_from:
         src, sep, tail = init_from.rpartition(":")
         src = src if sep and tail.isdigit() else init_from
-        if not os.path.isdir(os.path.join(src, "checkpoints")):
+        if not (workdir_path(src) / "checkpoints").is_dir():
             raise InputError(f"train.init_from={init_from!r}: {src!r} holds no checkpoints/ folder")
     stop_at = config.train.get("stop_at", 0)
     if not isinstance(stop_at, int) or isinstance(stop_at, bool) or stop_at < 0:
@@ -301,11 +301,11 @@ def evaluate(s: Setup, eval_fn, params) -> dict[str, float]:
 
 def earlier_evals(workdir: str, upto: int) -> list[dict]:
     """Eval records of previous launches in `metrics.jsonl`, up to the resumed step."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    if upto == 0 or not os.path.exists(path):
+    path = workdir_path(workdir) / "metrics.jsonl"
+    if upto == 0 or not path.exists():
         return []
     by_step: dict[int, dict] = {}
-    with open(path, encoding="utf-8") as f:
+    with path.open("r", encoding="utf-8") as f:
         for line in f:
             try:
                 rec = json.loads(line)
@@ -338,7 +338,7 @@ def init_params_from(spec: str, s: Setup) -> dict:
     src, sep, tail = spec.rpartition(":")
     src, step = (src, int(tail)) if sep and tail.isdigit() else (spec, None)
     where = f"train.init_from={spec!r}"
-    if not os.path.isdir(os.path.join(src, "checkpoints")):
+    if not (workdir_path(src) / "checkpoints").is_dir():
         raise InputError(f"{where}: {src!r} holds no checkpoints/ folder")
     ckpt = Checkpointer(src, keep=1, async_save=False)
     try:
@@ -376,22 +376,14 @@ def layout_converter(src_model_cfg, dst_model_cfg, src_params):
 
 def finished_summary(workdir: str, stop_at: int, latest_step: int | None) -> dict | None:
     """The stored summary when `workdir` already holds a run finished at `stop_at` or later, else None."""
-    path = os.path.join(workdir, "summary.json")
-    if latest_step is None or latest_step < stop_at or not os.path.exists(path):
+    path = workdir_path(workdir) / "summary.json"
+    if latest_step is None or latest_step < stop_at or not path.exists():
         return None
     try:
-        with open(path, encoding="utf-8") as f:
-            summary = json.load(f)
+        summary = read_json(path)
     except (OSError, json.JSONDecodeError):
         return None  # a damaged summary: finish the run again, which rewrites it
     return summary if int(summary.get("steps", -1)) >= stop_at else None
-
-
-def write_json_atomic(path: str, obj: Any, **kw) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, **kw)
-    os.replace(tmp, path)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict[str, Any]:
@@ -441,7 +433,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     }
     if is_main:
         # Written once the run is known to be valid and its state restored, never by a launch that fails earlier.
-        write_json_atomic(os.path.join(workdir, "config.json"), cfg_dict, indent=2, sort_keys=True)
+        write_json_atomic(workdir_path(workdir) / "config.json", cfg_dict, indent=2, sort_keys=True)
         log.info("model: %s parameters, %.3g training FLOPs/token; mesh %s, rules %s",
                  f"{summary['params']:,}", summary["flops_per_token"], dict(s.mesh.shape), cfg.mesh.rules)
         peak_flops, peak_name = mfu.total_peak(list(s.mesh.devices.flat), str(cfg.model.get("dtype", "float32")))
@@ -454,7 +446,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
                               resume_step=start if start > 0 else None,
                               wandb_project=str(cfg.train.get("wandb_project", "") or ""), run_config=cfg_dict)
         progress = Progress(stop_at, start, enabled=is_main)
-        profiler = StepProfiler(profile_window(cfg.train), os.path.join(workdir, "profile"), enabled=is_main)
+        profiler = StepProfiler(profile_window(cfg.train), str(workdir_path(workdir) / "profile"), enabled=is_main)
         # Evaluations of earlier launches, so a resumed run's curve is whole.
         curve: list[dict] = earlier_evals(workdir, start) if is_main else []
         last_eval: dict[str, float] = {}
@@ -543,5 +535,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     })
     if is_main:
         # Written last: its presence marks a finished launch (studies collect it).
-        write_json_atomic(os.path.join(workdir, "summary.json"), summary, indent=1)
+        write_json_atomic(workdir_path(workdir) / "summary.json", summary, indent=1)
     return summary

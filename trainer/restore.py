@@ -9,7 +9,6 @@ never touches.
 from __future__ import annotations
 
 import json
-import os
 
 import jax
 import ml_collections
@@ -18,10 +17,11 @@ from flax import nnx
 from nn.errors import InputError
 from trainer import loop
 from trainer.checkpoint import Checkpointer, check_compatible
+from trainer.paths import workdir_path
 
 
 def _open(workdir: str) -> Checkpointer:
-    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    if not (workdir_path(workdir) / "checkpoints").is_dir():
         raise InputError(f"--workdir={workdir!r} holds no checkpoints/ folder")
     return Checkpointer(workdir, keep=1, async_save=False)
 
@@ -91,6 +91,8 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None, devices=N
     if jax.process_index() == 0:
         row = {"step": step, "data": loop.config_to_dict(s.config)["data"],
                **{f"eval/{k}": float(v) for k, v in metrics.items()}}
-        with open(os.path.join(workdir, "eval.jsonl"), "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+        path = workdir_path(workdir) / "eval.jsonl"
+        # Appended by rewriting (object stores cannot append); one row per evaluation command.
+        earlier = path.read_text(encoding="utf-8") if path.exists() else ""
+        path.write_text(earlier + json.dumps(row) + "\n", encoding="utf-8")
     return {f"eval/{k}": float(v) for k, v in metrics.items()}

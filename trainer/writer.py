@@ -23,7 +23,10 @@ import os
 import sys
 from typing import Any, Mapping
 
+from etils import epath
+
 from nn.errors import ConfigError
+from trainer.paths import is_local, workdir_path
 
 log = logging.getLogger("train")
 
@@ -38,7 +41,7 @@ def check_wandb(train_cfg) -> None:
 
 def wandb_run_id(workdir: str) -> str:
     """A stable W&B run id for a workdir: relaunches of the same run log to the same W&B run."""
-    return hashlib.sha1(os.path.abspath(str(workdir)).encode()).hexdigest()[:16]
+    return hashlib.sha1(str(workdir_path(workdir)).encode()).hexdigest()[:16]
 
 
 def _plain(v: Any) -> Any:
@@ -49,12 +52,13 @@ def _plain(v: Any) -> Any:
     return f if math.isfinite(f) else str(f)
 
 
-def drop_rows_after(path: str, step: int) -> int:
+def drop_rows_after(path, step: int) -> int:
     """Rewrites `path` (JSON lines) without rows past `step` or cut by a crash; returns how many were dropped."""
-    if not os.path.exists(path):
+    path = epath.Path(path)
+    if not path.exists():
         return 0
     kept, dropped = [], 0
-    with open(path, encoding="utf-8") as f:
+    with path.open("r", encoding="utf-8") as f:
         for line in f:
             try:
                 rec = json.loads(line)
@@ -66,10 +70,9 @@ def drop_rows_after(path: str, step: int) -> int:
             else:
                 dropped += 1
     if dropped:
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(kept)
-        os.replace(tmp, path)
+        tmp = path.parent / (path.name + ".tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        tmp.replace(path)
     return dropped
 
 
@@ -81,33 +84,47 @@ class MetricWriter:
         self._jsonl = None
         self._tb = None
         self._wandb = None
+        self._remote: tuple[epath.Path, list[str]] | None = None
         if not enabled:
             return
-        os.makedirs(workdir, exist_ok=True)
-        path = os.path.join(workdir, "metrics.jsonl")
+        wd = workdir_path(workdir)
+        wd.mkdir(parents=True, exist_ok=True)
+        path = wd / "metrics.jsonl"
         if resume_step is not None:
             dropped = drop_rows_after(path, resume_step)
             if dropped:
                 log.info("dropped %d metrics rows past the resumed step %d from %s", dropped, resume_step, path)
-        self._jsonl = open(path, "a", encoding="utf-8")
+        if is_local(workdir):
+            self._jsonl = path.open("a", encoding="utf-8")
+        else:
+            # Object stores cannot append: the file is rewritten whole at each write (rows are small).
+            lines = path.read_text(encoding="utf-8").splitlines(keepends=True) if path.exists() else []
+            self._remote = (path, lines)
         if tensorboard:
             from tensorboardX import SummaryWriter
 
             # purge_step: TensorBoard hides events at or after it from earlier event files.
             purge = None if resume_step is None else resume_step + 1
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=purge)
+            self._tb = SummaryWriter(str(wd / "tensorboard"), purge_step=purge)
         if wandb_project:
             import wandb
 
-            self._wandb = wandb.init(project=wandb_project, dir=str(workdir), config=run_config or {},
-                                     id=wandb_run_id(workdir), resume="allow", name=os.path.basename(str(workdir)))
+            # W&B keeps its files in a local folder: the workdir's when local, ./wandb otherwise.
+            self._wandb = wandb.init(project=wandb_project, dir=str(wd) if is_local(workdir) else None,
+                                     config=run_config or {}, id=wandb_run_id(workdir), resume="allow",
+                                     name=wd.name)
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
         if not self.enabled:
             return
         record = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
-        self._jsonl.write(json.dumps(record) + "\n")
-        self._jsonl.flush()
+        if self._remote is not None:
+            path, lines = self._remote
+            lines.append(json.dumps(record) + "\n")
+            path.write_text("".join(lines), encoding="utf-8")
+        else:
+            self._jsonl.write(json.dumps(record) + "\n")
+            self._jsonl.flush()
         if self._tb is not None:
             for k, v in record.items():
                 if k == "step":
