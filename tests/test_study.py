@@ -190,7 +190,7 @@ def test_untuned_study_says_so_and_fits_are_opt_in(tmp_path):
     study = _tuned_study(tuning=None)
     run_study(study, tmp_path, train_fn=_fake_train([]), log=lambda *_: None)
     md = (tmp_path / "report.md").read_text()
-    assert "None: this study did not tune; every run uses learning rate 0.003" in md
+    assert "None: this study did not tune; every run uses the same learning rate, 0.003." in md
     assert "No scaling fit: this study declares none." in md
     assert "Protocol: primary metric `eval/bpb`; secondary: `eval/loss`. **This is the primary metric.**" in md
     sec = (tmp_path / "report_loss.md").read_text()

@@ -60,6 +60,8 @@ def get_study(arg=None) -> Study:
         budget={"mode": "tokens", "value": PAIRS_PER_RUN},  # pairs: the CLIP task's unit
         metrics=("eval/zeroshot_shape_heldout_error",) + TABLE_METRICS,
         baseline="softmax_b32",
+        primary="eval/zeroshot_shape_heldout_error",
+        trend="data.batch_size",  # dose-response over the batch, within each loss
         overrides={"train.tensorboard": False, "data.seq_len": seq_len, **TINY},
         evals_per_run=1,
     )

@@ -28,6 +28,7 @@ def get_study(arg=None) -> Study:
         budget={"mode": "steps", "value": 500},
         metrics=("eval/loss", "eval/accuracy"),
         baseline="dense",
+        primary="eval/loss",
         overrides={"train.tensorboard": False},
         evals_per_run=2,
     )

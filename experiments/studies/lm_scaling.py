@@ -35,6 +35,10 @@ def get_study(arg=None) -> Study:
         budget={"mode": "flops", "value": 6e12},
         metrics=("eval/bpb", "eval/loss"),
         baseline="d128L4",
+        primary="eval/bpb",
+        fits={"frontier": "how fast does the best loss fall with compute along the learning curves? (upper bound: "
+                          "the schedules have not decayed at the intermediate evals)",
+              "params": "along this one budget, how does loss change with size? (an IsoFLOP slice)"},
         overrides={"train.tensorboard": False, "sample.num_tokens": 0, "data.eval_batches": 8},
         evals_per_run=10,
     )

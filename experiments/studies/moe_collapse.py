@@ -52,6 +52,7 @@ def get_study(arg=None) -> Study:
         budget={"mode": "steps", "value": steps},
         metrics=("eval/moe/max_fraction", "eval/moe/load_entropy", "eval/bpb"),
         baseline="no_aux",
+        primary="eval/moe/max_fraction",
         overrides={"train.tensorboard": False, "sample.num_tokens": 0, "data.eval_batches": 8,
                    "model.d_model": 64, "model.n_layers": 2, "model.n_heads": 2, "model.n_kv_heads": 2,
                    "model.d_ff": 256, "model.moe.d_ff": 128, "data.seq_len": 64, "data.batch_size": 16},

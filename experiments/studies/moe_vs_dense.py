@@ -41,6 +41,7 @@ def get_study(arg=None) -> Study:
         budget={"mode": "tokens", "value": 400 * 16 * 128},
         metrics=("eval/bpb", "eval/loss"),
         baseline="moe",
+        primary="eval/bpb",
         overrides={"train.tensorboard": False, "sample.num_tokens": 0, "data.eval_batches": 8,
                    "model.d_model": D, "model.n_layers": 3, "model.n_heads": 3, "model.n_kv_heads": 3,
                    "model.moe.d_ff": F_EXPERT, "data.seq_len": 128, "data.batch_size": 16},

@@ -428,11 +428,14 @@ def tuning_choice(study: Study, out: Path) -> tuple[dict[str, dict] | None, dict
 def tuning_lines(study: Study, details: dict | None) -> list[str]:
     """The report's tuning section (or the statement that the study did not tune)."""
     if study.tuning is None:
-        base = load_config(study.config)
-        lr = study.overrides.get("optim.learning_rate", base.optim.learning_rate)
+        if any("optim.learning_rate" in p for p in study.grid):
+            what = "the learning rate its grid point sets"
+        else:
+            lr = study.overrides.get("optim.learning_rate", load_config(study.config).optim.learning_rate)
+            what = f"the same learning rate, {lr:g}"
         return ["## Tuning stage", "",
-                f"None: this study did not tune; every run uses learning rate {lr:g} (the config's, or the "
-                f"study's override) whatever its point. A point that would prefer another rate is handicapped.", ""]
+                f"None: this study did not tune; every run uses {what}. A point that would do better at "
+                f"another rate is handicapped by it.", ""]
     t, metric = study.tuning, study.primary or study.metrics[0]
     keys = list(t.grid)
     out = ["## Tuning stage", "",
