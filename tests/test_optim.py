@@ -194,10 +194,13 @@ def test_scanned_layout_gives_the_same_groups_as_the_unscanned_one():
     n_layers, period = 6, 2
     blocks = {i: {"attn": {"w": rng.normal(size=(3, 4))}, "norm": rng.normal(size=(4,))} for i in range(n_layers)}
     unscanned = {"embed": {"t": rng.normal(size=(5, 4))}, "blocks": blocks}
-    stack = lambda j, f: np.stack([f(blocks[g * period + j]) for g in range(n_layers // period)])  # noqa: E731
-    scanned = {"embed": unscanned["embed"],
-               "layers": {j: {"attn": {"w": stack(j, lambda b: b["attn"]["w"])}, "norm": stack(j, lambda b: b["norm"])}
-                          for j in range(period)}}
+    from models.config import default_model_config
+    from models.stack import stack_params
+
+    mcfg = default_model_config()
+    mcfg.update(n_layers=n_layers, ffn_every=period)
+    scanned = stack_params(unscanned, mcfg)  # the model's own conversion (`layers.<j>`, leading axis g)
+    assert scanned["layers"][1]["norm"].shape == (n_layers // period, 4)
     a, b = group_sq_sums(unscanned), group_sq_sums(scanned)
     assert sorted(a) == sorted(b) == sorted(["embed", *(f"layer_{i}" for i in range(n_layers))])
     want = _explicit_group_sq(unscanned)
