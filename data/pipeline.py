@@ -134,6 +134,10 @@ class StepIterator:
         ds = self.dataset.slice(slice(step, None)).to_iter_dataset(
             grain.ReadOptions(num_threads=max(1, self.prefetch), prefetch_buffer_size=max(1, self.prefetch)))
         if self.workers > 0:
+            from absl import flags
+
+            if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; train.py parses its own arguments
+                flags.FLAGS.mark_as_parsed()
             ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.workers))
         self._it, self._next = iter(ds), step
 

@@ -387,3 +387,15 @@ def test_packed_resume_in_fresh_process_is_bit_exact(tmp_path):
     cfg = json.load(open(straight / "config.json"))
     (src,) = cfg["data"]["sources"]
     assert src["corpus"] == "pydoc" and src["python"] == sys.version.split()[0] and len(src["content_sha256"]) == 64
+
+
+@pytest.mark.slow
+def test_worker_processes_give_the_same_batches(prepared):
+    """data.workers > 0 (grain's mp_prefetch): the same batches in the same order, also after a jump."""
+    ds = _dataset([(prepared, 1.0)])
+    it = pipeline.StepIterator(ds, prefetch=2, workers=1)
+    try:
+        for step in (0, 1, 2, 20, 21):
+            np.testing.assert_array_equal(it.batch(step)["inputs"], ds[step]["inputs"])
+    finally:
+        it.close()
