@@ -31,15 +31,27 @@ import zipfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WHEELS = os.path.join(ROOT, ".whl")
-# The image's packages (/work/.library/device/KINDS.md, read 2026-11-17), names normalized. Not carried:
-IMAGE = set("""absl-py accelerate aiofiles attrs certifi charset-normalizer chex click cloudpickle colorama
-contourpy cycler einops etils filelock flatbuffers flax fonttools fsspec grpcio h5py huggingface-hub humanize
-idna iniconfig jax jax-cuda13-pjrt jax-cuda13-plugin jaxlib jaxtyping jinja2 joblib kiwisolver markdown
-markdown-it-py markupsafe matplotlib mdurl ml-dtypes msgpack numpy opt-einsum optax orbax-checkpoint packaging
-pandas pillow pip pluggy portalocker prometheus-client protobuf psutil pyarrow pygments pyparsing pytest
-pytest-xdist python-dateutil pyyaml regex requests rich safetensors scipy sentencepiece setuptools simplejson
-six tensorboard tensorstore tiktoken tokenizers toolz tqdm treescope typing-extensions urllib3 uvloop wheel
-wrapt xxhash zipp""".split())
+# The image's packages, names normalized (the device tool's KINDS.md, as read there on 2026-11-17). Not carried:
+IMAGE = set("""absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-doc anyio attrs botorch build certifi
+charset-normalizer chex click cloudpickle cmake colorama contourpy coverage cuda-bindings cuda-core
+cuda-pathfinder cuda-toolkit cupy-cuda13x cycler cython diffrax e3nn einops equinox etils execnet filelock
+flatbuffers flax fonttools formulaic frozenlist fsspec gpytorch grpcio h11 h5py hf-xet httpcore httpx
+huggingface-hub humanize hypothesis idna imageio iniconfig interface-meta jax jax-cuda13-pjrt jax-cuda13-plugin
+jaxlib jaxtyping jinja2 joblib kiwisolver lazy-loader lightning lightning-utilities linear-operator lineax
+llvmlite lxml markdown markdown-it-py markupsafe matplotlib mdurl meson ml-dtypes mpi4py mpmath msgpack
+multidict multipledispatch mypy-extensions nanobind narwhals networkx ninja numba numba-cuda numpy numpyro
+nvidia-cublas nvidia-cuda-cupti nvidia-cuda-nvrtc nvidia-cuda-runtime nvidia-cudnn-cu13 nvidia-cufft
+nvidia-cufile nvidia-curand nvidia-cusolver nvidia-cusparse nvidia-cusparselt-cu13 nvidia-ml-py
+nvidia-nccl-cu13 nvidia-nvjitlink nvidia-nvshmem-cu13 nvidia-nvtx onnx onnx-ir onnxruntime onnxscript
+opencv-python-headless opt-einsum opt-einsum-fx optax optimistix orbax-checkpoint packaging pandas pathspec
+patsy peft pillow pip pluggy portalocker prometheus-client propcache protobuf psutil py-cpuinfo pyarrow
+pybind11 pygments pyparsing pyproject-hooks pyre-extensions pytest pytest-benchmark pytest-cov pytest-mock
+pytest-timeout pytest-xdist python-dateutil pytorch-lightning pyyaml regex requests rich sacrebleu safetensors
+scikit-build-core scikit-image scikit-learn scipy seaborn sentence-transformers sentencepiece setuptools
+shellingham simplejson six sortedcontainers statsmodels sympy tabulate tensorboard tensorboard-data-server
+tensorstore threadpoolctl tifffile tiktoken timm tokenizers toolz torch torch-geometric torchaudio torchdiffeq
+torchmetrics torchvision tqdm transformers treescope triton typer typing-extensions typing-inspect urllib3
+uvloop wadler-lindig werkzeug wheel wrapt xarray xxhash yarl zipp""".split())
 # Carried even though the image has them: the tested versions, used there only if the image's are out of range.
 FALLBACK = ("flax", "optax", "orbax-checkpoint")
 # Never carried: the image's own builds are the point (jax for CUDA 13) or too large to carry.

@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -42,7 +43,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = ("tests", "flash", "train", "moe", "decode")
-CAPS = {"tests": 90, "flash": 120, "train": 130, "moe": 50, "decode": 45}  # seconds, on the H200
+CAPS = {"tests": 110, "flash": 110, "train": 125, "moe": 55, "decode": 60}  # seconds, on the H200
 PACKAGES = ("nn", "data", "sharding", "kernels", "attention", "models", "moe", "clip", "tasks", "trainer",
             "inference", "experiments", "train")
 KERNEL_TESTS = ("tests/test_flash_attention.py", "tests/test_gmm.py", "tests/test_paged_attention_kernel.py",
@@ -125,7 +126,7 @@ def matmul_peak_tflops(n: int, repeats: int) -> float:
     return 2.0 * n**3 / float(np.median(times)) / 1e12
 
 
-def stage_tests(rec: Recorder, sz: dict, smoke: bool) -> None:
+def stage_tests(rec: Recorder, sz: dict, smoke: bool, cap: float) -> None:
     import importlib
     import warnings
 
@@ -141,23 +142,35 @@ def stage_tests(rec: Recorder, sz: dict, smoke: bool) -> None:
     if not smoke:
         # Compiled on the GPU; float32 oracles at 1e-5 need full-precision XLA matmuls (not TF32).
         env.update(JAX_PLATFORMS="cuda", JAX_DEFAULT_MATMUL_PRECISION="highest")
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *KERNEL_TESTS]
+    # -v: one line per test as it finishes, so a run cut at its timeout still says what passed.
+    cmd = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", *KERNEL_TESTS]
     if sz["tests_k"]:
         cmd += ["-k", sz["tests_k"]]
     t = time.time()
-    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    out = p.stdout + p.stderr
-    summary = next((ln.strip("= ") for ln in reversed(out.splitlines()) if " in " in ln and (
-        "passed" in ln or "failed" in ln or "error" in ln)), out.strip().splitlines()[-1] if out.strip() else "")
-    failed = [ln for ln in out.splitlines() if ln.startswith(("FAILED", "ERROR"))]
+    limit = max(cap - (t - START) - 10, 10)
+    try:
+        p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=limit)
+        out, rc = p.stdout + p.stderr, p.returncode
+    except subprocess.TimeoutExpired as e:
+        def text(b):
+            return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
+
+        out, rc = text(e.stdout) + text(e.stderr) + f"\n[cut at {limit:.0f} s]", "timeout"
+    lines = out.splitlines()
+    counts = {k: sum(1 for ln in lines if f" {k}" in ln and "::" in ln) for k in ("PASSED", "FAILED", "ERROR")}
+    summary = next((ln.strip("= ") for ln in reversed(lines) if " in " in ln and (
+        "passed" in ln or "failed" in ln or "error" in ln)), "")
+    if not summary or rc == "timeout":
+        summary = f"{counts['PASSED']} passed, {counts['FAILED']} failed, {counts['ERROR']} errors" + (
+            f" before the cut at {limit:.0f} s" if rc == "timeout" else "")
+    failed = [ln for ln in lines if ln.startswith(("FAILED", "ERROR")) or ("::" in ln and (" FAILED" in ln or " ERROR" in ln))]
     rec.row({"check": "kernel tests (pytest, compiled on the GPU)" if not smoke else "kernel tests (pytest, smoke)",
-             "ok": p.returncode == 0, "rc": p.returncode, "summary": summary, "failed": failed[:20],
-             "seconds": round(time.time() - t, 1)})
+             "ok": rc == 0, "rc": rc, "summary": summary, "failed": failed[:20], "seconds": round(time.time() - t, 1)})
     rec.data["pytest_tail"] = out[-4000:]
     print(out[-3000:], flush=True)
 
 
-def stage_flash(rec: Recorder, sz: dict, smoke: bool) -> None:
+def stage_flash(rec: Recorder, sz: dict, smoke: bool, cap: float) -> None:
     import jax.numpy as jnp
     import numpy as np
 
@@ -199,7 +212,7 @@ def stage_flash(rec: Recorder, sz: dict, smoke: bool) -> None:
                 rec.save()
 
 
-def stage_train(rec: Recorder, sz: dict, smoke: bool) -> None:
+def stage_train(rec: Recorder, sz: dict, smoke: bool, cap: float) -> None:
     import gc
 
     import numpy as np
@@ -240,13 +253,13 @@ def stage_train(rec: Recorder, sz: dict, smoke: bool) -> None:
         rec.row(row)
 
 
-def stage_moe(rec: Recorder, sz: dict, smoke: bool) -> None:
+def stage_moe(rec: Recorder, sz: dict, smoke: bool, cap: float) -> None:
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     from benchmarks.attention import median_time
-    from benchmarks.moe import fwd_bwd, interleaved_medians, layer_cfg
+    from benchmarks.moe import fwd_bwd, layer_cfg
     from kernels.gmm import gmm
 
     c = sz["moe"]
@@ -282,25 +295,23 @@ def stage_moe(rec: Recorder, sz: dict, smoke: bool) -> None:
     # The layer: dense FFN of width k F against E experts of width F each, top-k (equal active FLOPs).
     T = min(X, 1024)
     x = jax.random.normal(jax.random.key(3), (max(X // T, 1), T, D), jnp.float32).astype(jnp.bfloat16)
-    fns = {}
+    dense = None
     for name, ffn, E, gmm_impl in [("dense FFN", "mlp", c["experts"][0], "pallas")] + [
             (f"MoE E={E} {g}", "moe", E, g) for E in c["experts"] for g in ("pallas", "ragged_dot")]:
         cfg = layer_cfg(ffn, D, k * F, E, k, gmm=gmm_impl)
         cfg.dtype = "bfloat16"
+        row = {"part": "layer", "variant": name, "tokens": int(x.shape[0] * x.shape[1])}
         try:
-            fns[name] = fwd_bwd(cfg, x)
+            fn, args = fwd_bwd(cfg, x)
+            t = median_time(fn, args, c["repeats"])  # each on its own: a stage cut at its cap keeps the finished
+            dense = t if ffn == "mlp" else dense
+            row.update(fwd_bwd_ms=1e3 * t, vs_dense=t / dense if dense else None)
         except Exception as e:  # noqa: BLE001
-            rec.row({"part": "layer", "variant": name, "error": error_text(e)})
-    try:
-        t = interleaved_medians(fns, c["repeats"])
-        for name, v in t.items():
-            rec.row({"part": "layer", "variant": name, "tokens": int(x.shape[0] * x.shape[1]), "fwd_bwd_ms": 1e3 * v,
-                     "vs_dense": v / t["dense FFN"] if "dense FFN" in t else None})
-    except Exception as e:  # noqa: BLE001
-        rec.row({"part": "layer", "error": error_text(e)})
+            row["error"] = error_text(e)
+        rec.row(row)
 
 
-def stage_decode(rec: Recorder, sz: dict, smoke: bool) -> None:
+def stage_decode(rec: Recorder, sz: dict, smoke: bool, cap: float) -> None:
     from flax import nnx
 
     from benchmarks.decode import decode_rates
@@ -322,7 +333,10 @@ STAGE_FNS = {"tests": stage_tests, "flash": stage_flash, "train": stage_train, "
              "decode": stage_decode}
 
 
-def run_stage(name: str, work: str, smoke: bool) -> None:
+START = time.time()
+
+
+def run_stage(name: str, work: str, smoke: bool, cap: float) -> None:
     # Set before JAX starts: the test stage's pytest child needs the GPU memory this process would otherwise
     # preallocate; the benchmarks may use more of the card than JAX's default 75%.
     if name == "tests":
@@ -332,7 +346,7 @@ def run_stage(name: str, work: str, smoke: bool) -> None:
     rec = Recorder(os.path.join(work, f"stage_{name}.json"), name)
     try:
         rec.env()
-        STAGE_FNS[name](rec, sizes(smoke), smoke)
+        STAGE_FNS[name](rec, sizes(smoke), smoke, cap)
         rec.save(status="ok")
     except BaseException as e:  # noqa: BLE001  recorded for the table; the parent carries on
         rec.save(status="error", error=error_text(e))
@@ -434,22 +448,24 @@ def main(argv=None) -> dict:
     p.add_argument("--smoke", action="store_true", help="tiny sizes on CPU (interpret-mode kernels)")
     p.add_argument("--out", default=os.environ.get("OUT") or os.path.join(ROOT, "gpu_suite_out"))
     p.add_argument("--stages", default=",".join(STAGES))
-    p.add_argument("--budget", type=float, default=465, help="seconds for all stages together")
+    p.add_argument("--budget", type=float, default=460, help="seconds for all stages together")
     p.add_argument("--caps", default="", help="per-stage caps in seconds, e.g. tests=60,flash=200")
     p.add_argument("--stage", help=argparse.SUPPRESS)  # internal: run one stage in this process
     p.add_argument("--work", help=argparse.SUPPRESS)   # internal: the stages' own JSON files
+    p.add_argument("--cap", type=float, default=600, help=argparse.SUPPRESS)  # internal: the stage's cap
     a = p.parse_args(argv)
     if a.stage:
-        run_stage(a.stage, a.work, a.smoke)
+        run_stage(a.stage, a.work, a.smoke, a.cap)
         return {}
     os.makedirs(a.out, exist_ok=True)
     # The stages' files stay out of --out, which then holds only gpu_suite.json and gpu_suite.md (the device
     # tool brings back at most 8 files from $OUT).
     work = tempfile.mkdtemp(prefix="gpu_suite_stages_")
-    caps = dict(CAPS)
+    caps, given = dict(CAPS), set()
     for item in filter(None, a.caps.split(",")):
         k, v = item.split("=")
         caps[k] = float(v)
+        given.add(k)
     stages = [s for s in a.stages.split(",") if s]
     for s in stages:
         if s not in STAGE_FNS:
@@ -460,19 +476,25 @@ def main(argv=None) -> dict:
         left = a.budget - (time.time() - t0)
         # On the GPU each stage gets its cap within what is left of the budget; the CPU smoke is slower, and
         # its caps only guard against a hang.
-        cap = max(caps[s], 600) if a.smoke else min(caps[s], left)
+        cap = max(caps[s], 600) if a.smoke and s not in given else min(caps[s], left)
         path = os.path.join(work, f"stage_{s}.json")
         print(f"\n=== stage {s} (cap {cap:.0f} s)", flush=True)
         if cap < 5:
             results["stages"][s] = {"stage": s, "status": "skipped: the time budget is spent"}
             continue
-        cmd = [sys.executable, "-m", "benchmarks.gpu_suite", "--stage", s, "--work", work] + (
+        cmd = [sys.executable, "-m", "benchmarks.gpu_suite", "--stage", s, "--work", work, "--cap", str(cap)] + (
             ["--smoke"] if a.smoke else [])
         status = None
+        # Its own process group, so a stage cut at its cap takes its children (pytest) with it and the next
+        # stage finds the GPU free.
+        t_stage = time.time()
+        proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True)
         try:
-            rc = subprocess.run(cmd, cwd=ROOT, timeout=cap).returncode
+            rc = proc.wait(timeout=cap)
             status = None if rc == 0 else f"error (exit {rc})"
         except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
             status = f"cut at its cap of {cap:.0f} s (figures so far kept)"
         try:
             with open(path, encoding="utf-8") as f:
@@ -481,6 +503,7 @@ def main(argv=None) -> dict:
             got = {"stage": s, "rows": []}
         if status:
             got["status"] = status if got.get("status") != "error" else f"error: {got.get('error', '')}"
+        got["wall_s"] = round(time.time() - t_stage, 1)
         results["stages"][s] = got
         results["wall_s"] = time.time() - t0
         with open(os.path.join(a.out, "gpu_suite.json"), "w", encoding="utf-8") as f:
