@@ -290,12 +290,18 @@ def to_global(batch: dict, shardings: dict) -> dict:
 # The loop
 # --------------------------------------------------------------------------
 
-def evaluate(s: Setup, eval_fn, params) -> dict[str, float]:
+EVAL_BATCH_KEYS = ("nll", "weight", "bytes")  # per-batch eval sums kept for a bootstrap over eval batches
+
+
+def evaluate(s: Setup, eval_fn, params, per_batch: list | None = None) -> dict[str, float]:
     totals: dict[str, float] = {}
     for batch in s.task.eval_batches():
         sums = eval_fn(params, to_global(batch, s.batch_shardings))
-        for k, v in jax.device_get(sums).items():
-            totals[k] = totals.get(k, 0.0) + float(v)
+        host = {k: float(v) for k, v in jax.device_get(sums).items()}
+        for k, v in host.items():
+            totals[k] = totals.get(k, 0.0) + v
+        if per_batch is not None:
+            per_batch.append({k: host[k] for k in EVAL_BATCH_KEYS if k in host})
     return s.task.eval_metrics(totals)
 
 
@@ -450,13 +456,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
         # Evaluations of earlier launches, so a resumed run's curve is whole.
         curve: list[dict] = earlier_evals(workdir, start) if is_main else []
         last_eval: dict[str, float] = {}
+        last_eval_batches: list[dict] = []
         t_start = time.perf_counter()
         t_mark, step_mark = t_start, start
         progress_at = start
 
         def run_eval(step: int) -> None:
-            nonlocal last_eval
-            metrics = {f"eval/{k}": v for k, v in evaluate(s, eval_fn, state["params"]).items()}
+            nonlocal last_eval, last_eval_batches
+            per_batch: list[dict] = []
+            metrics = {f"eval/{k}": v for k, v in evaluate(s, eval_fn, state["params"], per_batch).items()}
+            last_eval_batches = per_batch
             params = host_params_for_extras(state["params"])
             extras = s.task.eval_extras(nnx.merge(s.graphdef, params), step) if is_main else {}
             writer.write(step, {**metrics, **{f"eval/{k}": v for k, v in extras.items()}})
@@ -530,6 +539,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
         "train_flops": summary["flops_per_token"] * max(start, stop_at) * s.task.tokens_per_step,
         "wall_time_s": time.perf_counter() - t_start,
         "final": last_eval,
+        "final_eval_batches": last_eval_batches,  # per-batch sums of the last eval (studies bootstrap them)
         "best": best_of(curve),
         "curve": curve,
     })
