@@ -142,6 +142,26 @@ def _explicit_group_sq(tree) -> dict[str, float]:
     return out
 
 
+def test_the_smoke_runs_logged_norms_add_up(smoke_run):
+    """The shared smoke run's rows (free): groups add up to the whole-model norms, ratios are update / param."""
+    from conftest import read_metrics
+
+    rows = [r for r in read_metrics(smoke_run.workdir) if "train/loss" in r]
+    assert [r["step"] for r in rows] == [2, 4, 6]
+    for r in rows:
+        groups = sorted(k.split("/", 2)[2] for k in r if k.startswith("train/param_norm/"))
+        assert groups == ["embed", "final_norm", "layer_0", "layer_1"]
+        sq = lambda kind: sum(r[f"train/{kind}/{g}"] ** 2 for g in groups)  # noqa: E731
+        assert math.sqrt(sq("grad_norm")) == pytest.approx(r["train/grad_norm"], rel=1e-5)
+        assert math.sqrt(sq("param_norm")) == pytest.approx(r["train/param_norm"], rel=1e-5)
+        assert math.sqrt(sq("update_norm")) / r["train/param_norm"] == pytest.approx(r["train/update_ratio"], rel=1e-5)
+        for g in groups:
+            assert r[f"train/update_ratio/{g}"] == pytest.approx(
+                r[f"train/update_norm/{g}"] / r[f"train/param_norm/{g}"], rel=1e-5)
+            assert 0 < r[f"train/update_ratio/{g}"] < 0.5
+
+
+@pytest.mark.slow
 def test_per_group_norms_of_one_step_equal_explicit_norms(devices):
     """One train step of the smoke LM: each group's logged norms against the params, grads and update in numpy."""
     from flax import nnx
