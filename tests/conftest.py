@@ -34,6 +34,11 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE_DIR
     atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+# Tests run tiny shapes, so XLA's compile time dominates and its optimizing passes buy nothing: skipping
+# them halved the CPU time of the MoE/Performer/dispatch tests (123 s -> 67 s user time) with every
+# tolerance still met. The train.py subprocesses inherit it. JAX_DISABLE_MOST_OPTIMIZATIONS=0 runs the
+# suite on fully optimized code instead.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:

@@ -197,6 +197,7 @@ def test_a_second_ctrl_c_exits_at_once_with_130(monkeypatch, capsys):
         raise SystemExit(code)
 
     monkeypatch.setattr(preemption.os, "_exit", fake_exit)
+    before = signal.getsignal(signal.SIGINT)  # default_int_handler; SIG_IGN in a pytest-xdist worker
     watcher = preemption.PreemptionWatcher()
     try:
         assert not watcher.reached(1)
@@ -208,7 +209,7 @@ def test_a_second_ctrl_c_exits_at_once_with_130(monkeypatch, capsys):
         assert capsys.readouterr().err.strip() == "interrupted: exiting without saving"
     finally:
         watcher.close()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the previous handler is back
+    assert signal.getsignal(signal.SIGINT) is before  # the previous handler is back
 
 
 # --------------------------------------------------------------------------
