@@ -165,3 +165,62 @@ def test_jonckheere_terpstra_exact_by_enumeration():
     obs = j([0, 0, 1, 1, 2])
     r = stats.jonckheere_terpstra(groups, "increasing")
     assert r["J"] == obs and r["p"] == pytest.approx(np.mean([j(l) >= obs for l in labs]))
+
+
+# ----------------------------------------------------------------- in the report
+
+def _isoflop_records(noise_batches=0.0):
+    C, N, D, L, S = synthetic()
+    rng = np.random.default_rng(3)
+    recs = []
+    for c, n, d, v, s in zip(C, N, D, L, S):
+        w = np.full(8, 4096.0)
+        nll = v * w * (1 + rng.normal(0, noise_batches, 8))
+        recs.append({"study": "iso", "point": f"N{n:.3g}@{c:.3g}", "seed": int(s), "overrides": {},
+                     "budget": {"mode": "flops", "value": float(c)}, "params": float(n), "tokens": float(d),
+                     "train_flops": float(c), "data_order": "seed", "final": {"eval/loss": float(nll.sum() / w.sum())},
+                     "curve": [], "eval_batches": [{"nll": a, "weight": b, "bytes": b} for a, b in zip(nll, w)]})
+    return recs
+
+
+@pytest.mark.slow
+def test_report_sections_for_isoflop_parametric_and_eval_uncertainty(tmp_path, monkeypatch):
+    from experiments.study import report, scaling_report
+    from experiments.study.results import append_result
+
+    monkeypatch.setattr(scaling_report, "N_BOOT_ISOFLOP", 100)
+    monkeypatch.setattr(scaling_report, "N_BOOT_PARAMETRIC", 10)
+    recs = _isoflop_records(noise_batches=1e-4)
+    for r in recs:
+        append_result(tmp_path / "results.jsonl", r)
+    md = report.write_report(tmp_path, metric="eval/loss", comparisons=[],
+                             fits={"isoflop": "N_opt(C)?", "parametric": "L(N, D)?"}).read_text()
+    assert "- `isoflop` (Chinchilla approach 2: per-budget parabolas, N_opt(C) and L_opt(C)): N_opt(C)?" in md
+    C, N, D, L, S = (np.array(v) for v in zip(*[(r["budget"]["value"], r["params"], r["tokens"],
+                                                 r["final"]["eval/loss"], r["seed"]) for r in recs]))
+    iso = scaling.isoflop(C, N, L, S, n_boot=100)
+    assert f"N_opt ∝ C^a with a = {iso['a']:.3f} (95% CI [{iso['a_ci'][0]:.3f}, {iso['a_ci'][1]:.3f}])" in md
+    assert md.count("| interior |") == 3
+    par = scaling.fit_parametric(N, D, L, n_boot=10)
+    assert f"| alpha | {par['alpha']:.4g} | [{par['ci']['alpha'][0]:.4g}, {par['ci']['alpha'][1]:.4g}] |" in md
+    assert "### Held-out budget: fit without C = 1e+20, predict it" in md and "The law passes" in md
+    assert "| without budget 1e+18 | 30 |" in md
+    assert (tmp_path / "isoflop.png").stat().st_size > 0 and "![IsoFLOP profiles](isoflop.png)" in md
+    # Per-run batch noise of 1e-4 relative, spread ~0.3% over seeds: the eval set's error is small.
+    ev = md.split("## Evaluation-set uncertainty\n\n", 1)[1].split("\n", 1)[0]
+    assert ev.startswith("Evaluation-set sampling error: bootstrap over the 8 evaluation batches") and ev.endswith(
+        "small.")
+
+
+def test_eval_uncertainty_flags_a_noisy_eval_set_and_missing_batches():
+    from experiments.study import report
+
+    an = report.analyze(_isoflop_records(noise_batches=0.05), metric="eval/loss", comparisons=[])
+    assert an["eval_check"]["status"] == "large"
+    assert any("NOT small" in x for x in an["limitations"])
+    recs = _isoflop_records()
+    for r in recs[:4]:
+        del r["eval_batches"]
+    an = report.analyze(recs, metric="eval/loss", comparisons=[])
+    assert an["eval_check"]["status"] == "missing"
+    assert any(x.startswith("Evaluation-set sampling error not measured: 4 of 45 runs") for x in an["limitations"])

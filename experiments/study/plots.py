@@ -164,3 +164,31 @@ def _draw_fit(ax, xs, fit: dict, var: str) -> None:
     ax.plot(grid, stats.power_law(grid, fit["a"], fit["b"], fit["c"]), "k--", zorder=1,
             label=(f"fit {fit['a']:.3g}·{var}^(-b) + {fit['c']:.3g}, b = {fit['b']:.3f} "
                    f"[{fit['b_ci_low']:.3f}, {fit['b_ci_high']:.3f}]"))
+
+
+def plot_isoflop(ax, an: dict) -> None:
+    """IsoFLOP profiles: per budget the seed means against N (log), the fitted parabola and its vertex ± CI."""
+    iso = an["scaling"]["isoflop"]
+    cmap = _colors(len(iso["budgets"]))
+    for i, b in enumerate(iso["budgets"]):
+        n = np.array([s[0] for s in b["sizes"]])
+        m = np.array([s[1] for s in b["sizes"]])
+        ax.plot(n, m, "o", color=cmap[i], ms=5, zorder=3, label=f"C = {b['C']:.2g}" + (f" ({b['edge']})" if b["edge"]
+                                                                                       else ""))
+        if np.isfinite(b["curvature"]) and b["curvature"] > 0 and math.isfinite(b["n_opt"]):
+            x = np.linspace(np.log10(n.min()) - 0.1, np.log10(n.max()) + 0.1, 100)
+            xv = math.log10(b["n_opt"])
+            ax.plot(10 ** x, b["l_opt"] + b["curvature"] * (x - xv) ** 2, "-", color=cmap[i], lw=1, alpha=0.8)
+            lo, hi = b["n_opt_ci"]
+            xerr = [[b["n_opt"] - lo], [hi - b["n_opt"]]] if math.isfinite(lo) else None
+            ax.errorbar([b["n_opt"]], [b["l_opt"]], xerr=xerr, fmt="*", ms=11, color=cmap[i], mec="k", capsize=3,
+                        zorder=4)
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters N")
+    ax.set_ylabel(an["metric"])
+    title = "IsoFLOP profiles: parabola in log N per budget, ★ = N_opt (95% CI)"
+    if math.isfinite(iso["a"]):
+        title += f"\nN_opt ∝ C^{iso['a']:.2f} [{iso['a_ci'][0]:.2f}, {iso['a_ci'][1]:.2f}]"
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)

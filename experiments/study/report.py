@@ -278,6 +278,10 @@ def analyze(records: list[dict], baseline: str | None = None, metric: str = "eva
         scaling_an, lims = analyze_scaling(points, metric, fits, confidence)
         limitations += lims
 
+    eval_check = _eval_uncertainty(points, metric) if use == "final" else None
+    if eval_check is not None and eval_check["status"] != "ok":
+        limitations.append(eval_check["text"])
+
     studies = sorted({str(r.get("study")) for r in records if r.get("study") is not None})
     return {"metric": metric, "use": use, "correction": correction, "confidence": confidence,
             "baseline": baseline, "points": points, "comparisons": comparisons, "fit": fit,
@@ -286,7 +290,54 @@ def analyze(records: list[dict], baseline: str | None = None, metric: str = "eva
             "frontier_note": frontier_note, "param_fit": param_fit, "param_fit_note": param_fit_note,
             "matched_compute": matched_compute, "fits": fits, "trends": trends, "trend_factor": trend,
             "scaling": scaling_an, "family": {"m": len(tests), "n_metrics": 1, "method": correction},
-            "role": None}
+            "role": None, "eval_check": eval_check}
+
+
+_EVAL_RATIO = {"eval/loss": ("weight", 1.0), "eval/bpb": ("bytes", 1.0 / math.log(2))}
+
+
+def _eval_uncertainty(points, metric, n_boot: int = 500) -> dict | None:
+    """Sampling error of the evaluation set, from the last eval's per-batch sums (loss and bpb only).
+
+    Per run: the bootstrap SE of sum(nll)/sum(denominator) resampling evaluation batches with
+    replacement (fixed seed). Compared with each point's seed SD: the eval set is "small enough" when
+    the median eval SE is below half the median seed SD. Returns None for other metrics.
+    """
+    if metric not in _EVAL_RATIO:
+        return None
+    den, scale = _EVAL_RATIO[metric]
+    rng = np.random.default_rng(0)
+    ses, sds, n_batches, missing = [], [], [], 0
+    for p in points:
+        if p["n"] >= 2:
+            sds.append(p["std"])
+        for r in p["records"]:
+            eb = r.get("eval_batches")
+            if not eb or any(den not in b or "nll" not in b for b in eb):
+                missing += 1
+                continue
+            nll = np.array([b["nll"] for b in eb], dtype=float)
+            w = np.array([b[den] for b in eb], dtype=float)
+            idx = rng.integers(0, nll.size, (n_boot, nll.size))
+            vals = scale * nll[idx].sum(axis=1) / np.maximum(w[idx].sum(axis=1), 1.0)
+            ses.append(float(np.std(vals, ddof=1)))
+            n_batches.append(nll.size)
+    total = sum(len(p["records"]) for p in points)
+    if missing:
+        return {"status": "missing", "text": (
+            f"Evaluation-set sampling error not measured: {missing} of {total} runs did not record the "
+            f"per-batch sums of their last eval (runs older than that record). Every run is scored on the "
+            f"same evaluation batches, so this error shifts all points alike and largely cancels in paired "
+            f"comparisons, but it is part of any absolute {metric} figure.")}
+    se, sd = float(np.median(ses)), float(np.median(sds)) if sds else float("nan")
+    ok = math.isfinite(sd) and se < 0.5 * sd
+    text = (f"Evaluation-set sampling error: bootstrap over the {int(np.median(n_batches))} evaluation batches "
+            f"of each run's last eval ({n_boot} resamples): median SE {se:.2g} {_unit(metric)} (largest "
+            f"{max(ses):.2g}), against a median seed SD of {sd:.2g}"
+            + (f": {se / sd:.2f} of it, small." if ok else
+               (f": {se / sd:.2f} of it, NOT small; absolute {metric} figures carry this extra error "
+                f"(common to every run, as all see the same eval batches)." if math.isfinite(sd) else ".")))
+    return {"status": "ok" if ok else "large", "text": text, "se": se, "seed_sd": sd}
 
 
 def _trends(points, factor: str, confidence: float) -> list[dict]:
@@ -506,6 +557,9 @@ def render_markdown(an: dict, title: str = "", load_errors=(), suffix: str = "")
 
         lines += scaling_lines(an)
 
+    ec = an.get("eval_check")
+    if ec is not None and ec["status"] != "missing":
+        lines += ["## Evaluation-set uncertainty", "", ec["text"], ""]
     if an.get("tuning_lines"):
         lines += list(an["tuning_lines"])
     lim = list(an["limitations"])
@@ -517,6 +571,8 @@ def render_markdown(an: dict, title: str = "", load_errors=(), suffix: str = "")
               f"![{metric} curves](curves{suffix}.png)", ""]
     if an.get("param_fit_note") is not None:
         lines += [f"![{metric} vs parameters](metric_vs_params{suffix}.png)", ""]
+    if (an.get("scaling") or {}).get("isoflop") is not None:
+        lines += [f"![IsoFLOP profiles](isoflop{suffix}.png)", ""]
     return "\n".join(lines)
 
 
@@ -651,6 +707,10 @@ def _write(results_dir: Path, an: dict, records, errors, suffix: str) -> Path:
     _save(lambda ax: plot_curves(ax, records, metric), results_dir / f"curves{suffix}.png")
     if an["param_fit_note"] is not None:
         _save(lambda ax: plot_metric_vs_params(ax, an), results_dir / f"metric_vs_params{suffix}.png")
+    if (an.get("scaling") or {}).get("isoflop") is not None:
+        from experiments.study.plots import plot_isoflop
+
+        _save(lambda ax: plot_isoflop(ax, an), results_dir / f"isoflop{suffix}.png")
     out = results_dir / f"report{suffix}.md"
     out.write_text(md, encoding="utf-8")
     return out

@@ -336,6 +336,7 @@ def record_for(study: Study, run: Run, summary: dict, data_order: str) -> dict:
         "best": {k: v for k, v in summary["best"].items() if k in study.metrics},
         "curve": [{k: v for k, v in c.items() if k == "step" or k in study.metrics} for c in summary["curve"]],
         "data_order": data_order, **({"tuned": run.tuned} if run.tuned else {}),
+        **({"eval_batches": summary["final_eval_batches"]} if summary.get("final_eval_batches") else {}),
         **({"tuning": run.combo, "grid_point": run.point} if run.combo is not None else {}),
     }
 

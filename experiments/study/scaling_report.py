@@ -134,7 +134,7 @@ def scaling_lines(an: dict) -> list[str]:
             on = par["at_bound"].get(k, False)
             ci = "on its bound: no interval" if on else _ci(*par["ci"][k], fmt="{:.4g}")
             out.append(f"| {name} | {par[k]:.4g} | {ci} |")
-        out += ["", f"Residuals (log L - fit): RMS {par['rmse_log']:.4f}, largest |{np.max(np.abs(par['residuals'])):.4f}|"
+        out += ["", f"Residuals (log L - fit): RMS {par['rmse_log']:.4f}, largest |residual| {np.max(np.abs(par['residuals'])):.4f}"
                     f"; the optimiser {'converged' if par['converged'] else 'did NOT report convergence'}.", ""]
     h = sc.get("holdout")
     if h is not None:
