@@ -9,6 +9,10 @@
 Every preset puts MoE experts on the `expert` axis (expert parallelism,
 `moe/parallel.py`) and also shards the batch over it.
 
+No preset names the stacked `layers` axis of `model.scan_layers=True`
+(models/stack.py), so it is never sharded: each device holds every layer's
+slice of a parameter, and the scan reads one slice per step.
+
 A rule may name a mesh axis the mesh lacks (or one of size 1): such names
 are dropped, so one preset serves every mesh shape.
 """
