@@ -62,10 +62,8 @@ def loss_and_grads(model, tokens, train=True):
     params = nnx.to_pure_dict(state)
 
     def loss_fn(p):
-        st = copy.copy(state)
-        nnx.replace_by_pure_dict(st, p)
         ctx = ForwardContext(train=True, step=jnp.int32(3), rng=jax.random.key(5)) if train else None
-        logits, _, aux = nnx.merge(graphdef, st)(tokens[:, :-1], ctx=ctx)
+        logits, _, aux = nnx.merge(graphdef, p)(tokens[:, :-1], ctx=ctx)
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
         return ce + sum(sum(a.losses.values()) for a in aux)
 
@@ -238,3 +236,30 @@ def test_a_checkpoint_of_the_other_layout_is_a_one_line_error_and_init_from_conv
     np.testing.assert_array_equal(stacked["layers"][0]["attn"]["wo_NHD"][1], params["blocks"][1]["attn"]["wo_NHD"])
     jax.tree.map(np.testing.assert_array_equal, layout_converter(c2, cfg, stacked)(stacked), params)
     assert layout_converter(cfg, cfg, params)(params) is params
+
+
+@pytest.mark.slow
+def test_init_from_converts_an_unscanned_run_and_resuming_across_layouts_is_refused(smoke_run, tmp_path, devices):
+    """The session's lm_tiny smoke run (unscanned) seeds a scanned run through train.init_from."""
+    import shutil
+
+    from nn.errors import CheckpointMismatchError
+    from trainer import loop, restore
+
+    c = copy.deepcopy(smoke_run.config)
+    c.model.update(scan_layers=True, remat="save_attention_out")
+    c.train.update(num_steps=2, eval_every=2, checkpoint_every=1, init_from=f"{smoke_run.workdir}:6", tensorboard=False)
+    c.optim.learning_rate = 1e-12  # (almost) no update: step 1's parameters are the source's
+    c.data.eval_batches = 1
+    c.sample.num_tokens = 0
+    loop.train_and_evaluate(c, str(tmp_path / "scanned"), devices[:1])
+    got, got_cfg, _ = restore.restore_model(str(tmp_path / "scanned"), 1)
+    want, _, _ = restore.restore_model(smoke_run.workdir, 6)
+    got_params = unstack_params(nnx.to_pure_dict(nnx.state(got, nnx.Param)), got_cfg.model)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), got_params,
+                 nnx.to_pure_dict(nnx.state(want, nnx.Param)))
+    resume = copy.deepcopy(c)
+    resume.train.update(init_from="", num_steps=8)
+    shutil.copytree(smoke_run.workdir, tmp_path / "copy")
+    with pytest.raises(CheckpointMismatchError, match=r"unscanned parameter layout \(model.scan_layers=False\)"):
+        loop.train_and_evaluate(resume, str(tmp_path / "copy"), devices[:1])
