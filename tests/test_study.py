@@ -247,3 +247,20 @@ def test_print_commands_writes_a_slurm_job_array(tmp_path, capsys):
     body = (tmp_path / "o" / "slurm_array.sh").read_text()
     assert "#SBATCH --array=0-7" in body and 'eval "${CMDS[$SLURM_ARRAY_TASK_ID]}"' in body
     assert all(c in body or __import__("shlex").quote(c) in body for c in cmds)
+
+
+@pytest.mark.slow
+def test_lm_isoflop_smoke_study_tunes_runs_each_budget_and_reports(tmp_path):
+    study = load_study("experiments/studies/lm_isoflop.py:smoke")
+    run_study(study, tmp_path, log=lambda *_: None)
+    tuning = load_results(tmp_path / "tuning.jsonl")
+    assert len(tuning) == 2 * 2 and {r["steps"] for r in tuning} == {2}
+    records = load_results(tmp_path / "results.jsonl")
+    assert sorted(r["point"] for r in records) == ["d16L1@2e08", "d16L1@4e08", "d32L1@2e08", "d32L1@4e08"]
+    steps = {r["point"]: r["steps"] for r in records}
+    assert steps["d16L1@4e08"] >= 2 * steps["d16L1@2e08"]  # its own schedule: twice the budget, twice the steps
+    assert all(r["budget"]["value"] in (2e8, 4e8) and r["train_flops"] <= r["budget"]["value"] for r in records)
+    assert all(r["eval_batches"] and r["tuned"]["optim.learning_rate"] in (1e-3, 1e-2) for r in records)
+    md = (tmp_path / "report.md").read_text()
+    assert "### IsoFLOP profiles" in md and md.count("| fewer than 3 sizes |") == 2
+    assert "## Evaluation-set uncertainty" in md and "## Tuning stage" in md

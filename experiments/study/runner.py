@@ -65,6 +65,7 @@ class Study:
     trend: str | None = None                      # dotted key of an ordered factor: dose-response tests over it
     fits: dict[str, str] = dataclasses.field(default_factory=dict)  # {fit kind: the question it answers}
     budgets: list[float] | None = None            # one run per (point, budget), each with its own schedule
+    cells: set[tuple[str, float]] | None = None   # with budgets: only these (point name, budget) pairs run
     tuning: "Tuning | None" = None                # a tuning stage before the main grid
 
     def point_names(self) -> list[str]:
@@ -206,6 +207,11 @@ def validate_study(study: Study) -> None:
             raise StudyError(f"study {study.name!r}: budgets={study.budgets!r} must be positive numbers")
         if len(set(study.budgets)) != len(study.budgets):
             raise StudyError(f"study {study.name!r}: budgets {study.budgets} repeat a budget")
+        bad = sorted(c for c in (study.cells or ()) if c[0] not in names or c[1] not in study.budgets)
+        if bad:
+            raise StudyError(f"study {study.name!r}: cells {bad} name unknown points or budgets")
+    elif study.cells is not None:
+        raise StudyError(f"study {study.name!r}: cells need budgets")
     pnames = run_point_names(study)
     for pair in study.comparisons or []:
         bad = [x for x in pair if x not in pnames]
@@ -231,7 +237,8 @@ def run_point_names(study: Study) -> list[str]:
     names = study.point_names()
     if study.budgets is None:
         return names
-    return [f"{n}@{_budget_tag(b)}" for n in names for b in study.budgets]
+    return [f"{n}@{_budget_tag(b)}" for n in names for b in study.budgets
+            if study.cells is None or (n, b) in study.cells]
 
 
 # ----------------------------------------------------------------------------
@@ -286,6 +293,8 @@ def expand(study: Study, out: Path, chosen: dict[str, dict] | None = None) -> li
     for i, (overrides, point) in enumerate(zip(study.grid, study.point_names())):
         extra = (chosen or {}).get(point)
         for b in budgets:
+            if b is not None and study.cells is not None and (point, b) not in study.cells:
+                continue
             budget = dict(study.budget) if b is None else {"mode": study.budget["mode"], "value": b}
             name = point if b is None else f"{point}@{_budget_tag(b)}"
             for seed in study.seeds:
