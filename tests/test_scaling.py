@@ -60,6 +60,7 @@ def test_isoflop_recovers_the_minimum_and_the_exponent():
         assert b["n_opt_ci"][0] <= truth <= b["n_opt_ci"][1]
         assert b["n_opt"] == pytest.approx(truth, rel=0.05)
         assert b["l_opt_ci"][0] <= 10 * b["C"] ** -0.05 <= b["l_opt_ci"][1]
+        assert b["rms_residual"] == pytest.approx(0.002, rel=0.5)  # the noise put in
     assert iso["a_ci"][0] <= 0.5 <= iso["a_ci"][1] and iso["a"] == pytest.approx(0.5, abs=0.02)
     assert iso["g_ci"][0] <= 0.05 <= iso["g_ci"][1]
     assert iso["n_budgets_fit"] == 4

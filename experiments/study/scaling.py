@@ -107,7 +107,7 @@ def isoflop(C, N, L, seed, *, n_boot: int = 1000, confidence: float = 0.95, rng_
     """Chinchilla approach 2 over runs (C, N, L, seed); C is the run's budget.
 
     Returns dict(budgets=[per budget: C, sizes [(N, mean, n)], n_opt, n_opt_ci, l_opt, l_opt_ci,
-    curvature, best_size, edge (None | "smallest" | "largest" | "vertex outside grid" | "not convex"),
+    curvature, rms_residual (of the runs about the parabola), best_size, edge (None | "smallest" | "largest" | "vertex outside grid" | "not convex"),
     boot_ok], a, a_ci, k, g, g_ci, l_k, n_budgets_fit, confidence, n_boot).
     ``a`` is the exponent of N_opt ∝ C^a, ``g`` that of L_opt ∝ C^(-g); NaN with fewer than
     2 budgets that have an interior, convex minimum. Edge budgets are left out of the
@@ -123,7 +123,8 @@ def isoflop(C, N, L, seed, *, n_boot: int = 1000, confidence: float = 0.95, rng_
         best = int(np.argmin(means))
         row = {"C": c, "sizes": [(n, m, len(v)) for (n, v), m in zip(sizes, means)], "best_size": sizes[best][0],
                "n_opt": float("nan"), "n_opt_ci": (float("nan"),) * 2, "l_opt": float("nan"),
-               "l_opt_ci": (float("nan"),) * 2, "curvature": float("nan"), "edge": None, "boot_ok": 0}
+               "l_opt_ci": (float("nan"),) * 2, "curvature": float("nan"), "edge": None, "boot_ok": 0,
+               "rms_residual": float("nan")}
         if len(sizes) < 3:
             row["edge"] = "fewer than 3 sizes"
             budgets.append(row)
@@ -131,6 +132,7 @@ def isoflop(C, N, L, seed, *, n_boot: int = 1000, confidence: float = 0.95, rng_
             continue
         xv, yv, c2 = parabola_vertex(x, y)
         row["curvature"] = c2
+        row["rms_residual"] = float(np.sqrt(np.mean((y - np.polyval(np.polyfit(x, y, 2), x)) ** 2)))
         if not c2 > 0:
             row["edge"] = "not convex"
         elif best == 0:

@@ -102,14 +102,14 @@ def scaling_lines(an: dict) -> list[str]:
                 f"size. A budget whose lowest mean is at the smallest or largest size, or whose vertex falls "
                 f"outside its grid, is flagged and left out of the fits across budgets: log10 N_opt = a·log10 C + k "
                 f"and log10 L_opt = -g·log10 C + k' (least squares over budgets; CIs from the same bootstrap draws).",
-                "", "| budget C (FLOPs) | sizes | best size (mean) | N_opt [CI] | L_opt [CI] | edge |",
-                "|---|---|---|---|---|---|"]
+                "", "| budget C (FLOPs) | sizes | best size (mean) | N_opt [CI] | L_opt [CI] | RMS residual | edge |",
+                "|---|---|---|---|---|---|---|"]
         for b in iso["budgets"]:
             best = min(b["sizes"], key=lambda t: t[1])
             out.append(f"| {b['C']:.3g} | {len(b['sizes'])} ({_si(b['sizes'][0][0])}–{_si(b['sizes'][-1][0])}) | "
                        f"{_si(best[0])} ({best[1]:.4f}) | {_si(b['n_opt'])} "
                        f"[{_si(b['n_opt_ci'][0])}, {_si(b['n_opt_ci'][1])}] | {b['l_opt']:.4f} "
-                       f"{_ci(*b['l_opt_ci'], fmt='{:.4f}')} | {b['edge'] or 'interior'} |")
+                       f"{_ci(*b['l_opt_ci'], fmt='{:.4f}')} | {b['rms_residual']:.2g} | {b['edge'] or 'interior'} |")
         out.append("")
         if math.isfinite(iso["a"]):
             out.append(f"N_opt ∝ C^a with a = {iso['a']:.3f} ({conf:.0%} CI {_ci(*iso['a_ci'], fmt='{:.3f}')}), "
