@@ -592,7 +592,8 @@ def test_notebook_executes(tmp_path, monkeypatch):
     assert "SYNTHETIC DEMO DATA" in text
     assert "Holm" in text
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
-    assert len(images) >= 2
+    assert len(images) >= 3
+    assert "SYNTHETIC IsoFLOP DEMO" in text and "N_opt ∝ C^a: a = 0.4" in text  # the true exponent is 0.452
 
 
 def test_direction_of_a_metric_sets_the_verb(tmp_path):
