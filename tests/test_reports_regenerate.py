@@ -3,12 +3,11 @@
 The runner is asked to collect (every run is already in results.jsonl, so
 nothing trains) and rewrite its reports into a copy of the results folder.
 Tables, means, intervals, p-values and corrections must match the committed
-reports exactly. The one exception is the power-law fit lines of the old
-studies whose fits sit on a parameter bound (an exponent of 1e-27, an
-intercept of 4e-22, a bootstrap interval of such fits): scipy's optimizer
-lands on a different point of a flat valley on a different CPU, so those
-lines are compared only for being present. The studies that will replace
-these designs fit only where they declare it (see experiments/README.md).
+reports exactly. The one exception is the power-law fit lines of a fit that
+sits on a parameter bound (lm_scaling's L(N), the one study that still
+declares such fits: an exponent of 1e-27): scipy's optimizer lands on a
+different point of a flat valley on a different CPU, so those lines are
+compared only for being present. Fits are opt-in per study (docs/studies.md).
 """
 import pathlib
 import shutil
