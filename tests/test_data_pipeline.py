@@ -351,11 +351,16 @@ def test_mixture_errors(mixture, match):
     assert parse_mixture({"stdlib": 3, "pydoc": 1}) == {"stdlib": 0.75, "pydoc": 0.25}
 
 
-def test_prepare_cli_reports_bad_input_in_one_line_and_writes_nothing(tmp_path, capsys):
+def test_prepare_and_tokenizer_clis_report_bad_input_in_one_line_and_write_nothing(tmp_path, capsys):
     out = tmp_path / "out"
     assert prepare_main(["--corpus", "path", "--path", str(tmp_path / "missing"), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: data.path=") and "does not exist" in err and "\n" not in err
+    assert not out.exists()
+    from data.tokenizer import main as tokenizer_main
+
+    assert tokenizer_main(["train", "--corpus", "pydoc", "--vocab_size", "100", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == "error: --vocab_size=100 must be an integer in [257, 65535]"
     assert not out.exists()
 
 
