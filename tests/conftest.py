@@ -34,6 +34,12 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE_DIR
     atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+# Tokenizers and shards that configs prepare on first use (data/sources.py) go to a per-session folder,
+# never into the user's ~/.cache; preparation is rename-into-place, so xdist workers may share it.
+if "SCALING_STUDIES_DATA" not in os.environ:
+    _DATA_DIR = tempfile.mkdtemp(prefix="scaling_studies_test_data_")
+    os.environ["SCALING_STUDIES_DATA"] = _DATA_DIR
+    atexit.register(shutil.rmtree, _DATA_DIR, ignore_errors=True)
 # Tests run tiny shapes, so XLA's compile time dominates and its optimizing passes buy nothing: skipping
 # them halved the CPU time of the MoE/Performer/dispatch tests (123 s -> 67 s user time) with every
 # tolerance still met. The train.py subprocesses inherit it. JAX_DISABLE_MOST_OPTIMIZATIONS=0 runs the
