@@ -31,11 +31,17 @@ Design choices:
   budget and the sensitivity table. No pairwise comparisons (the question is the optimum, not
   whether size A beats size B).
 
-Cost: 45 main runs (3.3e13 training FLOPs) + 27 tuning runs (100 steps each). Measured on the
-shared 2-core VM while other jobs ran: d96L2 trained at about 3,300 tokens/s (7.4 GFLOP/s), which
-puts the main grid near 75 minutes plus about 15 of compilation and tuning; a quiet machine is
-faster. Not yet run. Resumable: interrupt and rerun the
-same command.
+Cost: 45 main runs (3.3e13 training FLOPs, 24M training tokens) + 27 tuning runs (100 steps
+each). Small models are overhead-bound on CPU, so tokens, not FLOPs, set the time. Measured on
+the shared 2-core VM while other jobs ran (a pilot of the smallest budget, seed 0, LR 3e-3, no
+tuning): 12-14K tokens/s for d16-d32, 3.3K for d96L2 (batch 8); about 36 s per run at 2e10 all
+included. Extrapolated: ~7 min for 2e11, ~65 min for 2e12 (mostly d64L1/d64L2 at 1.7-2.5M tokens),
+~10 min of per-run start-up and ~12 min of tuning: about 95 minutes on that loaded machine, less on
+a quiet one. Scaling every budget down by 1.5x is the lever if it must fit 90 minutes (the 2e10
+pilot's minimum was at d24L1, the second rung: a lower budget risks an edge at d16L1). The pilot's
+eval/loss at 2e10: d16L1 5.843, d24L1 5.780, d32L1 5.822, d48L1 5.904, d64L1 5.913 (one seed,
+untuned: differences of a few hundredths, so 3 seeds and the tuned rates matter). Resumable:
+interrupt and rerun the same command.
 """
 from experiments.configs.defaults import parse_arg
 from experiments.study import Study
