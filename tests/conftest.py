@@ -137,6 +137,18 @@ def train_losses(workdir) -> dict[int, float]:
     return {r["step"]: r["train/loss"] for r in read_metrics(workdir) if "train/loss" in r}
 
 
+def finish_process(proc, timeout: float = 240) -> str:
+    """The combined output of a `Popen(..., start_new_session=True)` child; its process group is killed if it hangs."""
+    import signal
+
+    try:
+        return proc.communicate(timeout=timeout)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 @dataclasses.dataclass(frozen=True)
 class SmokeRun:
     """A finished run of `smoke_cfg()`: read it, never write to it (copy `workdir` to continue training)."""

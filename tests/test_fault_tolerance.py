@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import read_metrics, smoke_cfg, train_losses
+from conftest import finish_process, read_metrics, smoke_cfg, train_losses
 from trainer import loop
 from trainer.checkpoint import Checkpointer
 from trainer.nan_guard import NonFiniteError
@@ -157,16 +157,6 @@ def _wait_for(predicate, proc, timeout, what):
         time.sleep(0.002)
 
 
-def _finish(proc, timeout=240):
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-        return out
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 @pytest.mark.slow
 def test_sigterm_saves_exits_0_and_the_next_launch_resumes_exactly(tmp_path):
     wd, ref = tmp_path / "run", tmp_path / "reference"
@@ -180,8 +170,8 @@ def test_sigterm_saves_exits_0_and_the_next_launch_resumes_exactly(tmp_path):
         metrics = wd / "metrics.jsonl"
         _wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 3, proc, 240, "step 3")
         proc.send_signal(signal.SIGTERM)
-        out = _finish(proc)
-        ref_out = _finish(reference)
+        out = finish_process(proc)
+        ref_out = finish_process(reference)
     finally:
         for p in (proc, reference):
             if p.poll() is None:

@@ -17,6 +17,8 @@ from trainer import loop
 from trainer.launch import last_error_line
 from trainer.writer import drop_rows_after
 
+from conftest import finish_process
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -166,21 +168,12 @@ def _run_until_step(workdir, step, timeout=240):
     return proc
 
 
-def _communicate(proc, timeout=240):
-    try:
-        return proc.communicate(timeout=timeout)[0]
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 @pytest.mark.slow
 def test_ctrl_c_saves_and_exits_like_sigterm(tmp_path):
     wd = tmp_path / "once"
     proc = _run_until_step(wd, 3)
     proc.send_signal(signal.SIGINT)
-    out = _communicate(proc)
+    out = finish_process(proc)
     assert proc.returncode == 0, out[-3000:]
     assert "KeyboardInterrupt" not in out
     last = out.strip().splitlines()[-1]
