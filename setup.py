@@ -37,6 +37,7 @@ setup(
         "pillow>=10.4,<14",
         "grain>=0.2.18,<0.3",        # the input pipeline (data/pipeline.py)
         "tokenizers>=0.23,<0.24",    # BPE training and tokenizer.json files (data/tokenizer.py)
+        "sentencepiece>=0.2,<0.3",   # users' sentencepiece .model tokenizers (data/tokenizer.py)
     ],
     extras_require={
         "dev": [

@@ -297,6 +297,25 @@ def test_bad_shard_folders(prepared, tmp_path):
         open_shards(str(bad))
 
 
+def test_sentencepiece_model_loads_roundtrips_and_counts_bytes(corpus_dir, tmp_path):
+    """A user's sentencepiece `.model` goes through the same interface (trained here, on the test corpus)."""
+    spm = pytest.importorskip("sentencepiece")
+    texts = [f.read_text(encoding="utf-8") for f in sorted(corpus_dir.glob("*.txt"))]
+    # Identity normalization and no dummy prefix: decode(encode(t)) == t, so the byte count can be exact.
+    spm.SentencePieceTrainer.Train(sentence_iterator=iter(texts), model_prefix=str(tmp_path / "sp"), vocab_size=400,
+                                   model_type="bpe", byte_fallback=True, normalization_rule_name="identity",
+                                   add_dummy_prefix=False, remove_extra_whitespaces=False, minloglevel=2)
+    tok = load_tokenizer(str(tmp_path / "sp.model"))
+    assert tok.vocab_size == 400
+    text = "def  f(x): return x  # héllo 日本"  # unseen characters go through the byte fallback
+    ids = tok.encode_batch([text])[0]
+    assert tok.decode(ids) == text and len(ids) < len(text.encode("utf-8"))
+    assert int(tok.token_bytes()[ids].sum()) == len(text.encode("utf-8"))  # the bits-per-byte denominator
+    (tmp_path / "broken.model").write_bytes(b"not a model")
+    with pytest.raises(DataError, match="does not load as a sentencepiece model"):
+        load_tokenizer(str(tmp_path / "broken.model"))
+
+
 def test_tokenizer_errors(prepared, tmp_path):
     bad = tmp_path / "tokenizer.json"
     bad.write_text('{"model": 3}')
