@@ -1,4 +1,4 @@
-"""Studies: the smoke study end to end, resumption, collection, printed commands, bad input."""
+"""Studies: the lm_isoflop smoke study end to end (tuning, budgets, resumption, collection), printed commands, bad input."""
 import json
 import os
 import subprocess
@@ -11,41 +11,6 @@ from experiments.study import Study, StudyError, expand, load_study, run_study, 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = "experiments/studies/lm_scaling.py:smoke"
-
-
-@pytest.mark.slow
-def test_smoke_study_runs_resumes_and_collects(tmp_path):
-    study = load_study(SMOKE)
-    out = tmp_path / "study"
-    lines = []
-    run_study(study, out, log=lines.append)
-    records = load_results(out / "results.jsonl")
-    assert len(records) == len(study.grid) * len(study.seeds)
-    assert {r["point"] for r in records} == set(study.point_names())
-    r = records[0]
-    assert r["budget"] == study.budget and r["data_order"] == "seed"
-    # FLOPs-matched: every run spends the budget to within one step.
-    for rec in records:
-        assert study.budget["value"] - rec["flops_per_token"] * rec["tokens"] / rec["steps"] < rec["train_flops"] <= study.budget["value"]
-    assert len({rec["steps"] for rec in records}) == len(study.grid)  # bigger models train fewer steps
-    assert all(len(rec["curve"]) >= 2 and "eval/bpb" in rec["final"] for rec in records)
-    report = (out / "report.md").read_text()
-    assert "d16L1" in report and "p (corrected)" in report
-    assert (out / "metric_vs_compute.png").stat().st_size > 0
-
-    # A second invocation trains nothing.
-    lines.clear()
-    run_study(study, out, log=lines.append, report=False)
-    assert sum("training" in l for l in lines) == 0
-    assert len(load_results(out / "results.jsonl")) == len(records)
-
-    # Lost results.jsonl: finished workdirs are collected again without training.
-    os.remove(out / "results.jsonl")
-    lines.clear()
-    run_study(study, out, collect_only=True, log=lines.append, report=False)
-    assert sum("training" in l for l in lines) == 0
-    again = load_results(out / "results.jsonl")
-    assert [(x["point"], x["seed"], x["final"]) for x in again] == [(x["point"], x["seed"], x["final"]) for x in records]
 
 
 @pytest.mark.slow
@@ -261,6 +226,26 @@ def test_lm_isoflop_smoke_study_tunes_runs_each_budget_and_reports(tmp_path):
     assert steps["d16L1@4e08"] >= 2 * steps["d16L1@2e08"]  # its own schedule: twice the budget, twice the steps
     assert all(r["budget"]["value"] in (2e8, 4e8) and r["train_flops"] <= r["budget"]["value"] for r in records)
     assert all(r["eval_batches"] and r["tuned"]["optim.learning_rate"] in (1e-3, 1e-2) for r in records)
+    # FLOPs-matched: every run spends its budget to within one step; the bigger model trains fewer steps.
+    for r in records:
+        per_step = r["flops_per_token"] * r["tokens"] / r["steps"]
+        assert r["budget"]["value"] - per_step < r["train_flops"] <= r["budget"]["value"]
+    assert steps["d32L1@2e08"] < steps["d16L1@2e08"] and steps["d32L1@4e08"] < steps["d16L1@4e08"]
+    assert all(len(r["curve"]) >= 1 and "eval/bpb" in r["final"] for r in records)
     md = (tmp_path / "report.md").read_text()
     assert "### IsoFLOP profiles" in md and md.count("| fewer than 3 sizes |") == 2
     assert "## Evaluation-set uncertainty" in md and "## Tuning stage" in md
+
+    # A second invocation trains nothing, tuning included.
+    lines = []
+    run_study(study, tmp_path, log=lines.append, report=False)
+    assert sum("training" in l for l in lines) == 0
+    assert len(load_results(tmp_path / "results.jsonl")) == len(records)
+
+    # Lost results.jsonl: the finished workdirs are collected again without training.
+    os.remove(tmp_path / "results.jsonl")
+    lines.clear()
+    run_study(study, tmp_path, collect_only=True, log=lines.append, report=False)
+    assert sum("training" in l for l in lines) == 0
+    again = load_results(tmp_path / "results.jsonl")
+    assert [(x["point"], x["seed"], x["final"]) for x in again] == [(x["point"], x["seed"], x["final"]) for x in records]
