@@ -98,6 +98,7 @@ def layer_cfg(**kw):
     return c
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("causal", [True, False])
 def test_dense_layer_matches_reference_on_packed_gqa(dtype, causal):
@@ -120,6 +121,7 @@ def test_dense_layer_matches_reference_on_packed_gqa(dtype, causal):
     np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(want, np.float32), **tol)
 
 
+@pytest.mark.slow
 def test_packed_sequences_do_not_see_each_other():
     cfg = layer_cfg(causal=False)
     layer = DenseAttention(cfg, rngs=nnx.Rngs(0))

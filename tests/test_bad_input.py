@@ -106,6 +106,7 @@ def test_non_utf8_data_file(tmp_path, devices):
     assert_input_error(c, tmp_path / "w", devices[:1], DataError, "is not UTF-8", "offset 3")
 
 
+@pytest.mark.slow
 def test_incompatible_checkpoint_is_refused_and_kept(smoke_run, tmp_path, devices):
     w = tmp_path / "w"
     shutil.copytree(smoke_run.workdir, w)

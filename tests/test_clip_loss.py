@@ -33,6 +33,7 @@ def np_sigmoid_loss(img, txt, t, b):
     return -np.sum(np.log(1 / (1 + np.exp(-z * logits)))) / len(img)
 
 
+@pytest.mark.slow
 def test_losses_match_numpy_formulas():
     img, txt = embeddings()
     t = math.log(1 / 0.07)
@@ -94,6 +95,7 @@ def test_sharded_metrics_match_single_device(devices):
         np.testing.assert_allclose(got[k], want[k], rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["softmax", "sigmoid"])
 def test_masked_eval_loss_drops_padded_rows(kind):
     img, txt = embeddings(B=12)

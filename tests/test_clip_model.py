@@ -34,6 +34,7 @@ def n_params(model) -> int:
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("over", [
     {}, {"vision__pos_emb": "sincos"}, {"vision__pooling": "mean"}, {"clip__loss": "sigmoid"},
     {"model__causal": False, "clip__text_pooling": "cls"},
@@ -53,6 +54,7 @@ def test_towers_give_unit_embeddings_and_param_count_matches_analytic(over):
         assert float(model.logit_bias[...]) == -10.0
 
 
+@pytest.mark.slow
 def test_image_tower_takes_another_attention_type_from_the_registry():
     c = smoke()
     c.vision.attention = "performer"
@@ -65,6 +67,7 @@ def test_image_tower_takes_another_attention_type_from_the_registry():
     assert type(model.image.blocks[0].attn).__name__.lower().startswith("performer")
 
 
+@pytest.mark.slow
 def test_eos_pooling_ignores_padding_and_causal_tower_ignores_text_after_eos():
     c = smoke()
     model = CLIPModel(c, rngs=nnx.Rngs(0))

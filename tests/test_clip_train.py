@@ -31,6 +31,7 @@ def smoke(**over):
     return c
 
 
+@pytest.mark.slow
 def test_smoke_config_trains_and_logs_clip_metrics(experiment_run):
     run = experiment_run("experiments/configs/clip_shapes.py")  # the session's one clip smoke run
     summary = run.summary
@@ -66,6 +67,7 @@ def test_eight_devices_with_the_sharded_loss_match_one_device(tmp_path, devices)
     np.testing.assert_allclose(eight, one, rtol=2e-5)
 
 
+@pytest.mark.slow
 def test_post_update_hook_clamps_the_logit_scale_inside_train_step(devices):
     s = loop.setup(smoke(), devices[:1])
     with jax.set_mesh(s.mesh):

@@ -119,6 +119,7 @@ def test_smoke_configs_do_not_sample():
     assert _load("experiments/configs/lm_tiny.py").get_config("smoke").sample.num_tokens == 0
 
 
+@pytest.mark.slow
 def test_cli_reports_a_bad_config_arg_in_one_line_with_status_2(tmp_path):
     cmd = [sys.executable, "train.py", "--config", "experiments/configs/lm_tiny.py:smoek", "--workdir", str(tmp_path)]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)

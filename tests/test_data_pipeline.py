@@ -166,6 +166,7 @@ def test_packing_matches_an_explicit_per_document_loop():
     assert got["weights"].mean() < 1.0 and (got["segment_ids"].max(axis=1) > 2).any()
 
 
+@pytest.mark.slow
 def test_packed_attention_does_not_cross_documents():
     """Logits of a packed row equal each document's logits computed alone (positions restarting at 0)."""
     import jax

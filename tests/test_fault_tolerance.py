@@ -80,6 +80,7 @@ def test_restored_arrays_take_the_new_mesh_sharding(fsdp_checkpoint, devices):
 BAD = "blocks.1.ffn.wo_FD"
 
 
+@pytest.mark.slow
 def test_nan_policy_raise_names_step_and_group_and_keeps_last_good_checkpoint(smoke_run, tmp_path, devices,
                                                                               caplog):
     c = smoke_cfg(lean=True, debug_nan_step=5, debug_nan_param=BAD)  # checkpoints at 3 and 6
@@ -108,6 +109,7 @@ def test_nan_policy_skip_drops_the_update_and_counts_it_across_a_resume(tmp_path
     assert np.isfinite(summary["final"]["eval/loss"])
 
 
+@pytest.mark.slow
 def test_skipped_step_leaves_parameters_and_optimizer_state_unchanged(devices):
     c = smoke_cfg(lean=True, nan_policy="skip", debug_nan_step=2)
     s = loop.setup(c, devices[:1])

@@ -44,6 +44,7 @@ def test_cli_missing_workdir(tmp_path, capsys):
     assert "holds no checkpoints/ folder" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_says_when_max_new_tokens_does_not_fit(smoke_run, capsys):
     assert cli.main(["--workdir", smoke_run.workdir, "--prompt", "abcd", "--max_new_tokens", "100", "--temperature", "0"]) == 0
     captured = capsys.readouterr()

@@ -28,6 +28,7 @@ def run_generate(model, prompts, **settings):
     return jax.device_get(fn(graphdef, params, prompt_BP, lengths_B, jax.random.key(0))), lengths_B
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n_kv_heads", [2, 4])
 def test_cached_logits_equal_full_forward_at_every_step(n_kv_heads):
     model = tiny_model(n_kv_heads=n_kv_heads)
@@ -49,6 +50,7 @@ def test_cached_logits_equal_full_forward_at_every_step(n_kv_heads):
         np.testing.assert_array_equal(out["tokens_BN"][b], full_TV[len(p) - 1: len(p) - 1 + N].argmax(-1))
 
 
+@pytest.mark.slow
 def test_stop_tokens_end_rows_and_the_loop():
     model = tiny_model()
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8]]
@@ -71,6 +73,7 @@ def test_rows_stop_when_the_context_is_full():
     np.testing.assert_array_equal(out["num_tokens_B"], [8, 2])  # 14 + 2 = 16 positions
 
 
+@pytest.mark.slow
 def test_top_k_and_top_p_keep_the_right_tokens():
     logits_BV = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05], [0.05, 0.15, 0.3, 0.5]]))
     kept = lambda p: np.isfinite(np.asarray(filter_logits(logits_BV, p)))
@@ -83,6 +86,7 @@ def test_top_k_and_top_p_keep_the_right_tokens():
     assert set(np.concatenate([t[:1] for t in toks])) <= {0, 1} and set(np.concatenate([t[1:] for t in toks])) <= {2, 3}
 
 
+@pytest.mark.slow
 def test_sampled_generation_is_reproducible_and_varies_with_temperature():
     model = tiny_model()
     a, _ = run_generate(model, [[1, 2, 3]], max_new_tokens=16, sampling=SamplingParams(1.5, top_k=20, top_p=0.95))

@@ -70,6 +70,7 @@ def test_table_array_points_unused_entries_at_the_spare_block():
 
 # --- device side ------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("impl", ["gather", "blocked16", "blocked128"])
 @pytest.mark.parametrize("N, K, dtype, tol", [(4, 4, jnp.float32, 1e-5), (8, 2, jnp.float32, 1e-5), (8, 2, jnp.bfloat16, 2e-2)])
 def test_paged_decode_attention_matches_dense_attention(N, K, dtype, tol, impl):
@@ -90,6 +91,7 @@ def test_paged_decode_attention_matches_dense_attention(N, K, dtype, tol, impl):
     np.testing.assert_array_equal(k[1, 13], k_pool[tables[1, 1], 5])
 
 
+@pytest.mark.slow
 def test_paged_cache_writes_like_the_contiguous_cache():
     rng = np.random.default_rng(1)
     B, K, H, bs = 2, 2, 4, 4
@@ -113,7 +115,7 @@ def test_paged_cache_writes_like_the_contiguous_cache():
 
 @pytest.mark.parametrize("block_size, num_blocks, max_batch", [
     pytest.param(8, 64, 4, marks=pytest.mark.slow),  # roomy pool: sequences come and go through 4 slots
-    (16, 6, 3),    # tight pool: decoding runs out of blocks and preempts
+    pytest.param(16, 6, 3, marks=pytest.mark.slow),  # tight pool: decoding runs out of blocks and preempts
 ])
 def test_paged_continuous_batching_gives_the_contiguous_tokens(block_size, num_blocks, max_batch):
     model = tiny_model()

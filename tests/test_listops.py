@@ -124,6 +124,7 @@ def test_eval_covers_validation_once_with_zero_weight_padding():
             np.testing.assert_array_equal(np.concatenate([p[j][k] for p in per_process]), b[k])
 
 
+@pytest.mark.slow
 def test_smoke_training_run(experiment_run):
     summary = experiment_run("experiments/configs/listops.py").summary  # the session's one listops smoke run
     final = summary["final"]

@@ -154,6 +154,7 @@ def test_no_global_no_dilation_matches_reference_window(causal, T, W):
     np.testing.assert_allclose(out, want, **TOL[jnp.float32])
 
 
+@pytest.mark.slow
 def test_gradients_match_oracle():
     def loss(fn):
         return lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v)))
@@ -201,6 +202,7 @@ def layer_cfg(*, window=None, num_global=None, dilation=None, **model):
     return c
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("causal", [False, True])
 def test_layer_matches_oracle_with_global_projections(causal):
     cfg = layer_cfg(window=4, num_global=2, dilation=(1, 2, 1, 2), causal=causal)
@@ -255,6 +257,7 @@ def test_core_flops_match_xla_cost_analysis():
     assert abs(analytic - xla) / xla < 0.15, (analytic, xla)
 
 
+@pytest.mark.slow
 def test_encoder_classifier_forward():
     cfg = layer_cfg(window=4, num_global=1, dilation=(1, 1, 2, 2), causal=False, num_classes=3, n_layers=2, d_ff=64)
     model = EncoderClassifier(cfg, rngs=nnx.Rngs(0))
@@ -296,7 +299,7 @@ def test_decoder_lm_trains():
 
 
 @pytest.mark.parametrize("n_kv_heads,num_global,prefill", [
-    (2, 2, 1),  # decode steps at positions 1 are global queries: they need the cached K_g/V_g
+    pytest.param(2, 2, 1, marks=pytest.mark.slow),  # decode steps at position 1 are global queries: they need the cached K_g/V_g
     pytest.param(2, 0, 5, marks=pytest.mark.slow),
     pytest.param(4, 3, 5, marks=pytest.mark.slow),
 ])

@@ -83,6 +83,7 @@ def test_cached_decoding_matches_full_forward(n_kv_heads):
     np.testing.assert_allclose(jnp.concatenate(got, axis=1), full, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_generate_with_padded_prompts_matches_unpadded():
     cfg = model_cfg()
     model = DecoderLM(cfg, rngs=nnx.Rngs(0))
@@ -95,6 +96,7 @@ def test_generate_with_padded_prompts_matches_unpadded():
     np.testing.assert_array_equal(batch_out[1], alone[0])
 
 
+@pytest.mark.slow
 def test_encoder_classifier_ignores_padding_with_mean_pooling():
     cfg = model_cfg(causal=False, num_classes=3, pooling="mean")
     model = EncoderClassifier(cfg, rngs=nnx.Rngs(0))

@@ -219,6 +219,7 @@ def test_blocked_gmm_equals_ragged_dot(sizes, block):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("impl", ["blocked", "ragged_dot", "pallas"])
 def test_layer_dropless_impls_agree_with_capacity_without_drops(impl):
     base = dict(dispatch="capacity", capacity_factor=2.0, eval_capacity_factor=2.0)  # C = S: nothing dropped
@@ -244,6 +245,7 @@ def test_layer_param_and_flop_counts_match_model():
     assert MoEFFN.flops_per_token(c.model) == 2.0 * (D * E + k * 3 * D * F + 3 * D * F)
 
 
+@pytest.mark.slow
 def test_layer_metrics_and_noise_only_in_training():
     c = moe_cfg(noise="gaussian", noise_scale=1.0)
     layer = MoEFFN(c.model, rngs=nnx.Rngs(0))
@@ -326,6 +328,7 @@ LAYER_CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(LAYER_CASES))
 def test_layer_equals_per_token_loop_over_chosen_experts(case):
     moe = dict(LAYER_CASES[case])
@@ -469,6 +472,7 @@ def test_moe_benchmark_runs_on_tiny_sizes(capsys):
 # --------------------------------------------------------------------------- the objective (tasks.base.collect_aux)
 
 
+@pytest.mark.slow
 def test_lm_objective_is_cross_entropy_plus_weighted_router_losses():
     """LMTask.loss = CE + balance_weight * balance + z_loss_weight * router_z, each the mean over MoE layers.
 

@@ -142,6 +142,7 @@ def _explicit_group_sq(tree) -> dict[str, float]:
     return out
 
 
+@pytest.mark.slow
 def test_the_smoke_runs_logged_norms_add_up(smoke_run):
     """The shared smoke run's rows (free): groups add up to the whole-model norms, ratios are update / param."""
     from conftest import read_metrics

@@ -168,6 +168,7 @@ def test_grouped_query_heads_equal_repeated_kv_heads():
 # Masks: causality and padding
 # --------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("packed", [False, True])
 def test_output_at_t_does_not_depend_on_later_inputs(packed):
     T = 37

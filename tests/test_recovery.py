@@ -88,6 +88,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_one_before(damage, two_chec
     assert [got[s] for s in range(4, 10)] == [want[s] for s in range(4, 10)]  # an uninterrupted run's, bit for bit
 
 
+@pytest.mark.slow
 def test_a_launch_that_fails_leaves_config_json_and_checkpoints_alone(tmp_path, devices):
     from nn.errors import CheckpointMismatchError
 
@@ -101,6 +102,7 @@ def test_a_launch_that_fails_leaves_config_json_and_checkpoints_alone(tmp_path, 
     assert {p: p.read_bytes() for p in wd.rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.slow
 def test_rerunning_a_finished_run_writes_nothing(tmp_path, devices):
     wd = tmp_path / "run"
     c = cfg(num_steps=3, eval_every=3)
@@ -113,6 +115,7 @@ def test_rerunning_a_finished_run_writes_nothing(tmp_path, devices):
     assert [r["step"] for r in rows(wd) if "eval/loss" in r] == [3]
 
 
+@pytest.mark.slow
 def test_a_finished_run_continues_when_asked_for_more_steps(tmp_path, devices):
     wd = tmp_path / "run"
     loop.train_and_evaluate(cfg(num_steps=9, stop_at=3, eval_every=3), str(wd), devices[:1])
@@ -209,6 +212,7 @@ def test_a_second_ctrl_c_exits_at_once_with_130(monkeypatch, capsys):
 # Evaluate a checkpoint without training; start from another run's parameters
 # --------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_eval_mode_evaluates_a_checkpoint_without_touching_the_run(tmp_path, devices):
     from trainer import restore
 
@@ -234,6 +238,7 @@ def test_eval_mode_evaluates_a_checkpoint_without_touching_the_run(tmp_path, dev
         restore.evaluate_checkpoint(bigger, str(wd), devices=devices[:1])
 
 
+@pytest.mark.slow
 def test_init_from_starts_a_new_run_from_another_run_s_parameters(tmp_path, devices):
     from nn.errors import InputError
     from trainer import restore

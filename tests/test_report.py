@@ -124,6 +124,7 @@ def test_load_missing_file(tmp_path):
 POINTS4 = POINTS + [("d_model=512", 512)]
 
 
+@pytest.mark.slow
 def test_write_report_table_lines_and_plots(tmp_path):
     recs = _write_study(tmp_path, points=POINTS4)
     with warnings.catch_warnings():
@@ -317,12 +318,14 @@ def _one_line(stderr: str) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_cli_missing_dir(tmp_path):
     res = _cli(tmp_path / "missing")
     assert res.returncode == 2
     assert f"results directory not found: {tmp_path / 'missing'}" in _one_line(res.stderr)
 
 
+@pytest.mark.slow
 def test_cli_unknown_baseline(tmp_path):
     _write_study(tmp_path)
     res = _cli(tmp_path, "--baseline", "nope")
@@ -414,6 +417,7 @@ def _frontier_records(rng, sizes=FRONTIER_SIZES, seeds=range(5), evals=10, budge
     return recs
 
 
+@pytest.mark.slow
 def test_frontier_recovers_law_and_best_size_per_compute():
     recs = _frontier_records(np.random.default_rng(0))
     with warnings.catch_warnings():

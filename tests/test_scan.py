@@ -127,6 +127,7 @@ def test_scanned_parameters_have_a_replicated_layers_axis():
         assert logical_to_spec(wq, rules)[0] is None, preset
 
 
+@pytest.mark.slow
 def test_scanned_cached_decoding_matches_the_unscanned_forward():
     cfg = model_cfg(n_kv_heads=1)
     model = build(cfg)
@@ -157,6 +158,7 @@ def test_remat_policies_change_nothing_numerically(remat):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), grads2, grads)
 
 
+@pytest.mark.slow
 def test_qk_norm_is_rmsnorm_per_head_before_rope():
     cfg = model_cfg(qk_norm=True, n_layers=1)
     attn = build(cfg).blocks[0].attn
@@ -176,6 +178,7 @@ def test_qk_norm_is_rmsnorm_per_head_before_rope():
     assert param_count(cfg) == sum(x.size for x in jax.tree.leaves(nnx.state(build(cfg), nnx.Param)))
 
 
+@pytest.mark.slow
 def test_attention_logit_softcap_matches_the_formula():
     q, k, v = (jax.random.normal(jax.random.key(i), (1, 6, 2, 4)) * 4 for i in range(3))
     cap = 2.0
@@ -190,6 +193,7 @@ def test_attention_logit_softcap_matches_the_formula():
     assert not np.allclose(dense_attention_xla(q, k, v, causal=True), want, atol=1e-3)  # the cap is active
 
 
+@pytest.mark.slow
 def test_final_logit_softcap_caps_the_model_logits():
     cfg = model_cfg(n_layers=1)
     model = build(cfg)

@@ -32,6 +32,7 @@ def test_interrupted_run_resumes_from_its_checkpoint(tmp_path):
     assert rec["steps"] == run.steps
 
 
+@pytest.mark.slow
 def test_print_commands_lists_one_train_command_per_run(tmp_path):
     out = subprocess.run([sys.executable, "-m", "experiments.study", SMOKE, "--out", str(tmp_path),
                           "--print-commands"], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -73,6 +73,7 @@ def test_final_eval_equals_a_direct_computation_from_the_last_checkpoint(smoke_r
     assert final["eval/accuracy"] == pytest.approx(correct / weight, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_evaluation_samples_text_from_the_prompt(tmp_path, devices):
     """Smoke configs do not sample: this run turns it on (greedy) and checks it against a cache-free loop."""
     cfg = smoke_cfg(lean=True, stop_at=3)  # the smoke schedule, so the shared run's compiled steps serve
@@ -128,6 +129,7 @@ def test_resume_in_fresh_process_is_bit_exact(tmp_path):
     assert evals(straight) == evals(split)
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_matches_full_batch(devices):
     def cfg(accum):
         c = smoke_cfg()
@@ -156,9 +158,9 @@ def test_experiment_configs_are_found():
     assert "experiments/configs/defaults.py" not in EXPERIMENTS
 
 
-# Configs whose smoke run other quick tests share; the other configs' smoke runs are in the slow set.
-QUICK_EXPERIMENTS = {"experiments/configs/lm_tiny.py", "experiments/configs/listops.py",
-                     "experiments/configs/clip_shapes.py"}
+# The default experiment's smoke run (the session's `smoke_run`, shared by many quick tests) is in the quick
+# set; every other config's smoke run is in the slow set (each costs seconds of compilation).
+QUICK_EXPERIMENTS = {"experiments/configs/lm_tiny.py"}
 
 
 @pytest.mark.parametrize("path", [p if p in QUICK_EXPERIMENTS else pytest.param(p, marks=pytest.mark.slow)
@@ -207,6 +209,7 @@ def test_bfloat16_compute_trains_like_float32(smoke_run, tmp_path, devices):
     assert got[-1] < UNIFORM_LOSS - LEARNED_MARGIN, got
 
 
+@pytest.mark.slow
 def test_resumed_run_summary_keeps_earlier_evaluations(smoke_run, tmp_path, devices):
     """Stopped at step 3 and relaunched: the summary's curve is the uninterrupted run's, both points."""
     loop.train_and_evaluate(smoke_cfg(stop_at=3), str(tmp_path), devices[:1])
