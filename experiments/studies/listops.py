@@ -37,4 +37,5 @@ def get_study(arg=None) -> Study:
         study.seeds = [0, 1]
         study.budget = {"mode": "steps", "value": 4}
         study.overrides.update({"model.longformer.window": 8, "model.performer.num_features": 16})
+        study.evals_per_run = 1  # one eval and one checkpoint, at the end
     return study
