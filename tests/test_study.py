@@ -250,3 +250,24 @@ def test_lm_isoflop_smoke_study_tunes_runs_each_budget_and_reports(tmp_path):
     assert sum("training" in l for l in lines) == 0
     again = load_results(tmp_path / "results.jsonl")
     assert [(x["point"], x["seed"], x["final"]) for x in again] == [(x["point"], x["seed"], x["final"]) for x in records]
+
+
+def test_tuning_can_optimise_a_metric_other_than_the_primary(tmp_path):
+    from experiments.study.runner import Tuning
+
+    def train(cfg, workdir):  # eval/loss is best where eval/bpb is worst: the choice tells which one was used
+        summary = _fake_train([])(cfg, workdir)
+        bpb = summary["final"]["eval/bpb"]
+        summary["final"] = summary["best"] = {"eval/bpb": bpb, "eval/loss": 10.0 - bpb}
+        return summary
+
+    tuning = Tuning(grid={"optim.learning_rate": TUNE_LRS}, budget={"mode": "steps", "value": 2}, metric="eval/bpb")
+    study = _tuned_study(metrics=("eval/loss", "eval/bpb"), primary="eval/loss", tuning=tuning)
+    run_study(study, tmp_path, train_fn=train, log=lambda *_: None)
+    records = load_results(tmp_path / "results.jsonl")
+    assert {r["point"]: r["tuned"]["optim.learning_rate"] for r in records} == {"d32": 3e-3, "d64": 1e-2}
+    assert "the value with the best final `eval/bpb`" in (tmp_path / "report.md").read_text()
+    bad = _tuned_study(tuning=Tuning(grid={"optim.learning_rate": TUNE_LRS}, budget={"mode": "steps", "value": 2},
+                                     metric="eval/accuracy"))
+    with pytest.raises(StudyError, match="tuning.metric='eval/accuracy' is not one of metrics"):
+        validate_study(bad)

@@ -77,10 +77,13 @@ class Study:
 @dataclasses.dataclass
 class Tuning:
     """A tuning stage: every point is trained over ``grid`` on a short ``budget`` with one seed; the
-    best value by the primary metric is used for that point's main runs."""
+    best value by ``metric`` (default: the primary metric) is used for that point's main runs."""
     grid: dict[str, list]                         # {"optim.learning_rate": [1e-3, 3e-3, 1e-2]} (+ optionally one more)
     budget: dict[str, Any]                        # {"mode": ..., "value": ...}, the same for every point
     seed: int = 0
+    # The metric the choice optimises, one of the study's metrics; default its primary. A study whose
+    # primary metric is not the training objective (router balance) tunes on the objective (eval/bpb).
+    metric: str | None = None
 
     def combos(self) -> list[dict[str, Any]]:
         return grid_product(**self.grid)
@@ -223,6 +226,9 @@ def validate_study(study: Study) -> None:
             raise StudyError(f"study {study.name!r}: tuning.grid={t.grid!r} needs a non-empty list per key")
         if len(t.grid) > 2:
             raise StudyError(f"study {study.name!r}: tuning.grid has {len(t.grid)} keys; at most 2")
+        if t.metric is not None and t.metric not in study.metrics:
+            raise StudyError(f"study {study.name!r}: tuning.metric={t.metric!r} is not one of metrics "
+                             f"{list(study.metrics)}")
         if t.budget.get("mode") not in BUDGET_MODES:
             raise StudyError(f"study {study.name!r}: tuning.budget.mode={t.budget.get('mode')!r} must be one of "
                              f"{list(BUDGET_MODES)}")
@@ -393,6 +399,10 @@ def _train_all(runs, results: Path, study: Study, collect_only: bool, train_fn, 
         log(f"{tag}: {final}")
 
 
+def tuning_metric(study: Study) -> str:
+    return study.tuning.metric or study.primary or study.metrics[0]
+
+
 def _tuning_key(r: dict):
     return (r["point"], json.dumps(r.get("tuning"), sort_keys=True))
 
@@ -406,7 +416,7 @@ def tuning_choice(study: Study, out: Path) -> tuple[dict[str, dict] | None, dict
     """
     from trainer.metrics import higher_is_better
 
-    metric = study.primary or study.metrics[0]
+    metric = tuning_metric(study)
     path = out / "tuning.jsonl"
     recs = load_results(path) if path.exists() else []
     by = {_tuning_key(r): r for r in recs}
@@ -446,7 +456,7 @@ def tuning_lines(study: Study, details: dict | None) -> list[str]:
         return ["## Tuning stage", "",
                 f"None: this study did not tune; every run uses {what}. A point that would do better at "
                 f"another rate is handicapped by it.", ""]
-    t, metric = study.tuning, study.primary or study.metrics[0]
+    t, metric = study.tuning, tuning_metric(study)
     keys = list(t.grid)
     out = ["## Tuning stage", "",
            f"Before the main grid, every point was trained over {' x '.join(f'`{k}` in {t.grid[k]}' for k in keys)} "
