@@ -59,11 +59,13 @@ def default_model_config() -> ml_collections.ConfigDict:
             capacity_factor=1.25,      # C = ceil(factor * tokens_per_group * k / E), training
             eval_capacity_factor=2.0,  # the same at evaluation
             balance_loss="switch",     # switch: E sum f_i P_i | squared: sum (f_i - 1/E)^2
+            balance_groups="batch",    # batch: f, P pooled over the batch (Switch) | sequence: per sequence, averaged
             balance_weight=0.01,
             z_loss_weight=1e-3,        # router z-loss (ST-MoE)
             noise="none",              # none | jitter (input x U(1-s, 1+s)) | gaussian (logits + N(0, s^2))
             noise_scale=0.0,
             noise_anneal_steps=0,      # noise scale decays linearly to 0 over these steps (0: constant)
+            router_init_scale=1.0,     # router weights ~ N(0, (scale * init_std)^2): larger, more unequal at init
             d_ff=0,                    # hidden width per expert (0: model.d_ff)
             num_shared_experts=0,      # always-on experts, fused into one MLP
             dead_window=100,           # dead expert: < 1/(10E) of the load over the last N steps

@@ -7,12 +7,53 @@ token-routes on average over the last `model.moe.dead_window` steps. The
 window is a ring buffer [layers, N, E] carried in the train state (so a
 resumed run continues it) and updated inside the jitted step from that
 step's `moe/expert_fraction/e{i}/layer_{l}` metrics.
+
+Collapse is defined up front, on one batch's load f (fractions of the
+token-routes per expert; `load_health`), so the same definition serves the
+training log and held-out evaluation (`eval/moe/...`, averaged over the
+eval batches and the MoE layers):
+- `moe/load_entropy`: H(f) / log E, 1 when balanced; exp(H) is the
+  effective number of experts in use;
+- `moe/collapsed`: 1 when H(f) / log E < COLLAPSE_ENTROPY (0.5): fewer than
+  sqrt(E) effective experts (4 of 16), i.e. the router has concentrated
+  onto a few experts; top-k onto exactly k experts scores log k / log E
+  (0.25 for k=2, E=16);
+- `moe/starved_experts`: experts with less than DEAD_SHARE / E of this
+  batch's routes (the one-batch counterpart of the windowed `dead_experts`
+  below; held-out batches cannot carry a window).
 """
 from __future__ import annotations
 
+import math
+
+import jax
 import jax.numpy as jnp
 
 from models.lm import ffn_for_layer
+
+COLLAPSE_ENTROPY = 0.5   # collapsed: normalised load entropy below this
+DEAD_SHARE = 0.1         # dead / starved: less than DEAD_SHARE / E of the routes
+
+
+def load_entropy(f_E: jax.Array) -> jax.Array:
+    """H(f) / log E (natural logs; 1 for E = 1), with 0 log 0 = 0."""
+    E = f_E.shape[-1]
+    if E == 1:
+        return jnp.ones(f_E.shape[:-1], jnp.float32)
+    h = -jnp.sum(jnp.where(f_E > 0, f_E * jnp.log(jnp.where(f_E > 0, f_E, 1.0)), 0.0), axis=-1)
+    return h / math.log(E)
+
+
+def load_health(f_E: jax.Array) -> dict[str, jax.Array]:
+    """The per-batch load statistics of one MoE layer (see the module docstring)."""
+    E = f_E.shape[-1]
+    entropy = load_entropy(f_E)
+    return {
+        "moe/max_fraction": jnp.max(f_E),
+        "moe/load_entropy": entropy,
+        "moe/collapsed": (entropy < COLLAPSE_ENTROPY).astype(jnp.float32),
+        "moe/starved_experts": jnp.sum(f_E < DEAD_SHARE / E).astype(jnp.float32),
+    }
 
 
 def moe_layer_indices(model_cfg) -> list[int]:
@@ -40,7 +81,7 @@ def update_load_history(history: dict, metrics: dict, model_cfg) -> tuple[dict, 
     load = history["load"].at[:, slot].set(f_LE)
     seen = history["seen"] + 1
     mean_LE = jnp.sum(load, axis=1) / jnp.minimum(seen, window)  # unwritten slots are zero
-    dead_L = jnp.sum(mean_LE < 1.0 / (10 * E), axis=-1).astype(jnp.float32)
+    dead_L = jnp.sum(mean_LE < DEAD_SHARE / E, axis=-1).astype(jnp.float32)
     out = {"moe/dead_experts": jnp.mean(dead_L)}
     for j, l in enumerate(layers):
         out[f"moe/dead_experts/layer_{l}"] = dead_L[j]

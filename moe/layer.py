@@ -11,7 +11,8 @@ Returns (y_BTD, aux), aux an `nn.layer_aux.LayerAux` with, under `moe/`:
 losses, the weighted terms `aux_loss` (balance_weight * balance) and
 `z_loss` (z_loss_weight * router_z) that the task adds to the objective;
 metrics, their raw values `balance` and `router_z` and the health metrics
-`max_fraction`, `load_entropy`, `dropped_fraction`, `router_confidence`;
+`max_fraction`, `load_entropy`, `collapsed`, `starved_experts` (moe/health.py),
+`dropped_fraction`, `router_confidence`;
 breakdown (training only), the load per expert `expert_fraction/e{i}`.
 """
 from __future__ import annotations
@@ -64,7 +65,8 @@ def validate_moe_config(cfg) -> None:
     if k > m.num_experts:
         raise ValueError(f"model.moe.top_k={k} exceeds model.moe.num_experts={m.num_experts}")
     for field, allowed in (("router", ROUTERS), ("dispatch", DISPATCH_MODES), ("noise", router.NOISE_TYPES),
-                           ("balance_loss", tuple(losses.BALANCE_LOSSES)), ("gmm_impl", GMM_IMPLS)):
+                           ("balance_loss", tuple(losses.BALANCE_LOSSES)), ("gmm_impl", GMM_IMPLS),
+                           ("balance_groups", losses.BALANCE_GROUPS)):
         if m.get(field) not in allowed:
             raise ValueError(f"model.moe.{field}={m.get(field)!r} must be one of {list(allowed)}")
     for field in ("capacity_factor", "eval_capacity_factor"):
@@ -74,6 +76,10 @@ def validate_moe_config(cfg) -> None:
         v = float(m.get(field))
         if not (v >= 0 and math.isfinite(v)):
             raise ValueError(f"model.moe.{field}={m.get(field)!r} must be a finite number >= 0")
+    scale = m.get("router_init_scale")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (0 < scale and math.isfinite(scale)):
+        # 0 would make every logit equal: top-k then breaks the ties towards the lowest indices.
+        raise ValueError(f"model.moe.router_init_scale={scale!r} must be a finite number > 0")
     for field in ("d_ff", "num_shared_experts", "noise_anneal_steps"):
         v = m.get(field)
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
@@ -96,6 +102,7 @@ class MoEFFN(nnx.Module):
         self.renormalize = bool(m.renormalize)
         self.capacity_factor = (float(m.capacity_factor), float(m.eval_capacity_factor))
         self.balance_loss = m.balance_loss
+        self.balance_groups = m.balance_groups
         self.weights = (float(m.balance_weight), float(m.z_loss_weight))
         self.noise = (m.noise, float(m.noise_scale), int(m.noise_anneal_steps))
         self.gmm_impl = m.gmm_impl
@@ -103,8 +110,10 @@ class MoEFFN(nnx.Module):
         self.dtype = dtype_of(cfg.dtype)
         init = jax.nn.initializers.normal
         out_std = cfg.init_std / (2 * cfg.n_layers) ** 0.5
-        # Router weights stay float32 (and are used in float32): see moe/router.py.
-        self.router_DE = nnx.Param(init(cfg.init_std)(rngs.params(), (D, E)), logical_axes=(ax.EMBED, None))
+        # Router weights stay float32 (and are used in float32): see moe/router.py. Their scale sets how
+        # confident (and how unequal) the initial routing is: model.moe.router_init_scale x init_std.
+        router_std = cfg.init_std * float(m.router_init_scale)
+        self.router_DE = nnx.Param(init(router_std)(rngs.params(), (D, E)), logical_axes=(ax.EMBED, None))
         in_axes, out_axes = (ax.EXPERT, ax.EMBED, ax.MLP), (ax.EXPERT, ax.MLP, ax.EMBED)
         self.w_in_EDF = nnx.Param(init(cfg.init_std)(rngs.params(), (E, D, F)), logical_axes=in_axes)
         if self.activation == "swiglu":
@@ -230,10 +239,9 @@ class MoEFFN(nnx.Module):
 
     def _aux(self, logits_BTE, probs_BTE, expert_BTK, kept) -> LayerAux:
         E = self.num_experts
-        balance = losses.BALANCE_LOSSES[self.balance_loss](probs_BTE, expert_BTK)
+        balance = losses.BALANCE_LOSSES[self.balance_loss](probs_BTE, expert_BTK, self.balance_groups)
         z = losses.router_z_loss(logits_BTE)
         f_E = losses.route_fractions(expert_BTK, E)
-        entropy = -jnp.sum(jnp.where(f_E > 0, f_E * jnp.log(jnp.where(f_E > 0, f_E, 1.0)), 0.0))
         w_balance, w_z = self.weights
         weighted = {
             "moe/aux_loss": w_balance * balance,
@@ -242,8 +250,7 @@ class MoEFFN(nnx.Module):
         metrics = {
             "moe/balance": balance,
             "moe/router_z": z,
-            "moe/max_fraction": jnp.max(f_E),
-            "moe/load_entropy": entropy / math.log(E) if E > 1 else jnp.ones(()),
+            **health.load_health(f_E),
             "moe/dropped_fraction": 1.0 - kept,
             "moe/router_confidence": jnp.mean(jnp.max(probs_BTE, axis=-1)),
         }

@@ -95,6 +95,68 @@ def test_switch_loss_hand_computed_collapse():
     assert float(g[0, 0, 0]) > 0 and float(g[0, 0, 1]) == 0
 
 
+def _np_balance(probs, expert, groups, kind):
+    """Reference balancing loss: f and P counted group by group in float64 numpy, averaged over groups."""
+    B, S, E = probs.shape
+    vals = []
+    for rows in ([list(range(B))] if groups == "batch" else [[b] for b in range(B)]):
+        routes = np.asarray(expert)[rows].reshape(-1)
+        f = np.array([np.sum(routes == i) for i in range(E)], np.float64) / routes.size
+        P = np.asarray(probs, np.float64)[rows].reshape(-1, E).mean(axis=0)
+        vals.append(E * np.sum(f * P) if kind == "switch" else np.sum((f - 1.0 / E) ** 2))
+    return float(np.mean(vals))
+
+
+@pytest.mark.parametrize("groups", ["batch", "sequence"])
+@pytest.mark.parametrize("kind", ["switch", "squared"])
+def test_balance_loss_per_batch_and_per_sequence_match_numpy(groups, kind):
+    B, S, E, k = 3, 7, 5, 2
+    probs = jax.nn.softmax(2.0 * jax.random.normal(jax.random.key(1), (B, S, E)), axis=-1)
+    expert = jax.lax.top_k(probs, k)[1]
+    fn = losses.BALANCE_LOSSES[kind]
+    assert float(fn(probs, expert, groups)) == pytest.approx(_np_balance(probs, expert, groups, kind), rel=1e-5)
+    if kind == "switch":
+        # d/dP[g,s,i] = E f_{group(g), i} / (tokens per group x number of groups): the gradient sees each
+        # sequence's own route shares when grouped by sequence, the batch's when pooled.
+        g = np.asarray(jax.grad(lambda p: fn(p, expert, groups))(probs))
+        onehot = np.asarray(jax.nn.one_hot(expert, E)).sum(axis=2)  # [B, S, E] routes per token
+        f = onehot.sum(axis=1) / (S * k) if groups == "sequence" else np.broadcast_to(onehot.sum((0, 1)) / (B * S * k), (B, E))
+        n = S * B
+        np.testing.assert_allclose(g, np.broadcast_to(E * f[:, None, :] / n, (B, S, E)), rtol=1e-5)
+
+
+def test_per_sequence_balance_loss_sees_imbalance_the_pooled_one_misses():
+    # Sequence 0 sends everything to expert 0, sequence 1 to expert 1 (confident router): balanced over the
+    # batch (pooled loss 1, its minimum), fully unbalanced within each sequence (per-sequence loss E = 2).
+    probs = jnp.array([[[1.0, 0.0]] * 4, [[0.0, 1.0]] * 4])
+    expert = jnp.array([[[0]] * 4, [[1]] * 4], jnp.int32)
+    assert float(losses.switch_balance_loss(probs, expert, "batch")) == pytest.approx(1.0)
+    assert float(losses.switch_balance_loss(probs, expert, "sequence")) == pytest.approx(2.0)
+    assert float(losses.squared_balance_loss(probs, expert, "batch")) == pytest.approx(0.0)
+    assert float(losses.squared_balance_loss(probs, expert, "sequence")) == pytest.approx(0.5)
+
+
+def test_load_health_defines_collapse():
+    E = 16
+    two = jnp.zeros(E).at[:2].set(0.5)  # top-2 onto exactly two experts
+    h = {k: float(v) for k, v in health.load_health(two).items()}
+    assert h["moe/load_entropy"] == pytest.approx(math.log(2) / math.log(E))
+    assert h["moe/collapsed"] == 1.0 and h["moe/starved_experts"] == 14 and h["moe/max_fraction"] == 0.5
+    h = {k: float(v) for k, v in health.load_health(jnp.full(E, 1.0 / E)).items()}
+    assert h["moe/load_entropy"] == pytest.approx(1.0) and h["moe/collapsed"] == 0.0 and h["moe/starved_experts"] == 0
+    # Just either side of the threshold: entropy 0.5 is sqrt(E) = 4 effective experts.
+    four = jnp.zeros(E).at[:4].set(0.25)
+    assert float(health.load_entropy(four)) == pytest.approx(0.5)
+    assert float(health.load_health(four.at[0].add(0.01).at[1].add(-0.01))["moe/collapsed"]) == 1.0
+    assert float(health.load_health(four.at[:5].set(0.2))["moe/collapsed"]) == 0.0
+
+
+def test_router_init_scale_scales_the_initial_router():
+    base = MoEFFN(moe_cfg().model, rngs=nnx.Rngs(0)).router_DE[...]
+    scaled = MoEFFN(moe_cfg(router_init_scale=8.0).model, rngs=nnx.Rngs(0)).router_DE[...]
+    np.testing.assert_allclose(np.asarray(scaled), 8.0 * np.asarray(base), rtol=1e-6)
+
+
 def test_z_loss_hand_computed():
     logits = jnp.array([[[0.0, 0.0], [math.log(3.0), 0.0]]])
     expected = (math.log(2.0) ** 2 + math.log(4.0) ** 2) / 2
@@ -263,6 +325,16 @@ def test_layer_metrics_and_noise_only_in_training():
     assert float(aux.losses["moe/aux_loss"]) == pytest.approx(0.01 * float(aux.metrics["moe/balance"]))
     assert float(aux.losses["moe/z_loss"]) == pytest.approx(1e-3 * float(aux.metrics["moe/router_z"]))
     assert 1 / 4 <= float(aux.metrics["moe/router_confidence"]) <= 1
+    want = health.load_health(jnp.asarray(fractions))
+    for name in ("moe/collapsed", "moe/starved_experts"):
+        assert float(aux.metrics[name]) == float(want[name])
+    # The layer hands its groups to the loss: per sequence, against the numpy reference on its own routing.
+    layer.balance_groups = "sequence"
+    _, aux_seq = layer(x)
+    probs = jax.nn.softmax(jnp.einsum("BTD,DE->BTE", x, layer.router_DE[...]), axis=-1)
+    want = _np_balance(probs, jax.lax.top_k(probs, 2)[1], "sequence", "switch")
+    assert float(aux_seq.metrics["moe/balance"]) == pytest.approx(want, rel=1e-5)
+    assert want != pytest.approx(float(aux.metrics["moe/balance"]), rel=1e-4)
 
 
 def _np_act(h, activation, h_gate=None):
@@ -413,6 +485,8 @@ def test_expert_parallel_matches_single_device(devices, mode):
     ("z_loss_weight", -1.0, "model.moe.z_loss_weight=-1.0"),
     ("dispatch", "magic", "model.moe.dispatch='magic'"),
     ("noise", "loud", "model.moe.noise='loud'"),
+    ("balance_groups", "group", "model.moe.balance_groups='group' must be one of ['batch', 'sequence']"),
+    ("router_init_scale", 0.0, "model.moe.router_init_scale=0.0 must be a finite number > 0"),
 ])
 def test_bad_moe_config_is_one_line_error(field, value, match):
     c = moe_cfg()

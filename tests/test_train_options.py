@@ -46,6 +46,14 @@ def test_bad_profile_steps_and_missing_wandb_are_one_line_errors(value, monkeypa
         loop.setup(cfg, jax.devices()[:1])
 
 
+@pytest.mark.parametrize("value", [(-1,), (2.5,), (True,)])
+def test_bad_eval_steps_are_one_line_errors(value):
+    cfg = smoke_cfg()
+    cfg.train.eval_steps = value
+    with pytest.raises(ConfigError, match=r"^train\.eval_steps=.* must be a tuple of integers >= 0"):
+        loop.setup(cfg, jax.devices()[:1])
+
+
 @pytest.mark.slow
 def test_a_run_with_every_option_logs_them_and_writes_a_trace(tmp_path, devices, monkeypatch):
     pytest.importorskip("wandb")

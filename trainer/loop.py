@@ -87,6 +87,10 @@ def validate_config(config, mesh) -> None:
         src = src if sep and tail.isdigit() else init_from
         if not (workdir_path(src) / "checkpoints").is_dir():
             raise InputError(f"train.init_from={init_from!r}: {src!r} holds no checkpoints/ folder")
+    eval_steps = config.train.get("eval_steps", ())
+    if not isinstance(eval_steps, (tuple, list)) or any(
+            not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in eval_steps):
+        raise ConfigError(f"train.eval_steps={eval_steps!r} must be a tuple of integers >= 0 (0: before training)")
     stop_at = config.train.get("stop_at", 0)
     if not isinstance(stop_at, int) or isinstance(stop_at, bool) or stop_at < 0:
         raise ConfigError(f"train.stop_at={stop_at!r} must be an integer >= 0 (0: run to train.num_steps)")
@@ -485,6 +489,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
         watcher = PreemptionWatcher()
         preempted_at = None
         try:
+            extra_evals = {int(v) for v in cfg.train.get("eval_steps", ())}
+            if start == 0 and 0 in extra_evals and stop_at > 0:
+                run_eval(0)  # the initialisation, before any update (dynamics: router collapse, drift)
             for step in range(start, stop_at):
                 batch = to_global(s.task.train_batch(step), s.batch_shardings)
                 profiler.before(step)
@@ -507,7 +514,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
                     progress.update(done - progress_at, loss=f"{float(metrics['train/loss']):.3f}",
                                     tok_s=f"{tps:,.0f}")
                     progress_at = done
-                if (done % cfg.train.eval_every == 0 or done == stop_at) and not preempt:
+                if (done % cfg.train.eval_every == 0 or done == stop_at or done in extra_evals) and not preempt:
                     monitor.flush()
                     run_eval(done)
                 if done % cfg.train.checkpoint_every == 0 or done == stop_at or preempt:

@@ -115,6 +115,7 @@ def base_config() -> ml_collections.ConfigDict:
     ))
     c.train = ml_collections.ConfigDict(dict(
         num_steps=1000, log_every=50, eval_every=250, checkpoint_every=250, keep_checkpoints=2,
+        eval_steps=(),       # extra evaluations at these steps besides every eval_every (0: before the first update)
         stop_at=0,           # >0: end this launch at that step (the schedule still spans num_steps)
         async_checkpointing=True, tensorboard=True,
         nan_policy="raise",  # raise | skip: a non-finite loss/gradient stops the run or drops that update
