@@ -16,6 +16,10 @@ independent binary problem, z_ij = +1 on the diagonal and -1 elsewhere,
 with s = exp(t), t initialised to ln 10 and b to -10 (the prior that almost all
 pairs are negatives).
 
+Over sub-batches (`clip.loss_sub_batch` = b', `sub_batch_loss`): the same loss within each run of
+b' consecutive rows, averaged, so each positive meets b' - 1 negatives while the batch, the data and
+the steps stay fixed: the negatives alone vary (experiments/studies/clip_negatives.py).
+
 Sharded forms ("local loss + all-gather with gradient", as open_clip's
 `local_loss=True, gather_with_grad=True`): the batch is split over the mesh
 axes that carry it; inside `jax.shard_map` each device holds b = B/n rows,
@@ -125,8 +129,11 @@ def sharded_sigmoid_loss(img_BZ, txt_BZ, logit_scale, logit_bias, *,
 
 
 def contrastive_loss(kind: str, img_BZ, txt_BZ, logit_scale, logit_bias=None, *,
-                     batch_axes: Sequence[str] | None = None) -> tuple[jax.Array, dict]:
-    """Dispatch by `clip.loss`; sharded when `batch_axes` names mesh axes the batch is split over."""
+                     batch_axes: Sequence[str] | None = None, sub_batch: int = 0) -> tuple[jax.Array, dict]:
+    """Dispatch by `clip.loss`; sharded when `batch_axes` names mesh axes the batch is split over;
+    within sub-batches of `sub_batch` rows when that is > 0 and smaller than the batch."""
+    if sub_batch and sub_batch < img_BZ.shape[0]:
+        return sub_batch_loss(kind, img_BZ, txt_BZ, logit_scale, logit_bias, sub_batch=sub_batch)
     if kind == "softmax":
         if batch_axes:
             return sharded_softmax_loss(img_BZ, txt_BZ, logit_scale, batch_axes=batch_axes)
@@ -136,6 +143,33 @@ def contrastive_loss(kind: str, img_BZ, txt_BZ, logit_scale, logit_bias=None, *,
             return sharded_sigmoid_loss(img_BZ, txt_BZ, logit_scale, logit_bias, batch_axes=batch_axes)
         return sigmoid_loss(img_BZ, txt_BZ, logit_scale, logit_bias)
     raise ValueError(f"clip.loss={kind!r} must be 'softmax' or 'sigmoid'")
+
+
+def sub_batch_loss(kind: str, img_BZ, txt_BZ, logit_scale, logit_bias=None, *, sub_batch: int) -> tuple[jax.Array, dict]:
+    """The contrastive loss within each of the B / b' consecutive sub-batches of `sub_batch` = b' rows,
+    averaged: row i's negatives are the other b' - 1 rows of its own sub-batch only.
+
+    Every embedding still comes from (and every gradient still goes to) the same batch of B pairs, so
+    at a fixed batch and number of steps `sub_batch` varies only the negatives each positive meets
+    (the number the InfoNCE bound depends on), not the data, the steps or the gradient noise of the
+    towers. Sub-batch g is rows g*b' .. (g+1)*b' - 1. With b' = B it is the whole-batch loss.
+    Each sub-batch's loss is the oracle's (`softmax_loss` / `sigmoid_loss`); the mean of equal-sized
+    sub-batch means is the mean over all rows. (Sharding: plain jnp; XLA partitions the [G, b', b']
+    logits over the sub-batch axis, so no shard_map.)
+    """
+    B, Z = img_BZ.shape
+    if sub_batch <= 0 or B % sub_batch:
+        raise ValueError(f"clip.loss_sub_batch={sub_batch} must be a positive divisor of the batch {B}")
+    img_GbZ = img_BZ.reshape(B // sub_batch, sub_batch, Z)   # [G, b', Z]: sub-batch g holds rows g*b'..
+    txt_GbZ = txt_BZ.reshape(B // sub_batch, sub_batch, Z)
+    if kind == "softmax":
+        per_group = jax.vmap(lambda i, t: softmax_loss(i, t, logit_scale))(img_GbZ, txt_GbZ)
+    elif kind == "sigmoid":
+        per_group = jax.vmap(lambda i, t: sigmoid_loss(i, t, logit_scale, logit_bias))(img_GbZ, txt_GbZ)
+    else:
+        raise ValueError(f"clip.loss={kind!r} must be 'softmax' or 'sigmoid'")
+    loss_G, metrics_G = per_group
+    return jnp.mean(loss_G), {k: jnp.mean(v) for k, v in metrics_G.items()}
 
 
 def masked_loss(kind: str, img_BZ, txt_BZ, logit_scale, logit_bias, weights_B) -> jax.Array:

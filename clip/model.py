@@ -36,9 +36,16 @@ TEXT_POOLINGS = ("eos", "cls")
 LOSSES = ("softmax", "sigmoid")
 
 
+def fixed_temperature(clip_cfg) -> float:
+    """`clip.fixed_temperature`: T > 0 holds the logit scale at 1/T (never trained); 0 learns it."""
+    return float(clip_cfg.get("fixed_temperature", 0.0) or 0.0)
+
+
 def default_logit_init(clip_cfg) -> tuple[float, float]:
-    """(scale, bias) at init: 1/0.07 for softmax (CLIP); 10 and -10 for sigmoid (SigLIP, Zhai et al. 2023)."""
-    scale = float(clip_cfg.logit_scale_init) or (1 / 0.07 if clip_cfg.loss == "softmax" else 10.0)
+    """(scale, bias) at init: 1/0.07 for softmax (CLIP); 10 and -10 for sigmoid (SigLIP, Zhai et al. 2023);
+    1/T with a fixed temperature T."""
+    T = fixed_temperature(clip_cfg)
+    scale = 1.0 / T if T else float(clip_cfg.logit_scale_init) or (1 / 0.07 if clip_cfg.loss == "softmax" else 10.0)
     return scale, float(clip_cfg.logit_bias_init)
 
 
@@ -135,7 +142,9 @@ class CLIPModel(nnx.Module):
     for the softmax loss as in CLIP; `clamp_logit_scale` keeps t <= ln(max) after
     every optimizer update (open_clip clamps the same parameter to ln 100 after
     each step; CLIP's paper: "clipped to prevent scaling the logits by more than 100").
-    The sigmoid loss adds a learnable bias b (SigLIP).
+    The sigmoid loss adds a learnable bias b (SigLIP). With `clip.fixed_temperature` = T > 0 the
+    scale is held at 1/T: `scale()` stops its gradient, so the optimizer never moves it (a zero
+    gradient gives a zero Adam update, and scalars are not weight-decayed).
     """
 
     def __init__(self, config, *, rngs: nnx.Rngs):
@@ -148,8 +157,14 @@ class CLIPModel(nnx.Module):
         self.text_proj_DZ = nnx.Param(init(t.d_model ** -0.5)(rngs.params(), (t.d_model, Z)), logical_axes=(ax.EMBED, None))
         scale, bias = default_logit_init(c)
         self.logit_scale = nnx.Param(jnp.asarray(math.log(scale), jnp.float32), logical_axes=())
+        self.learn_logit_scale = not fixed_temperature(c)
         if c.loss == "sigmoid":
             self.logit_bias = nnx.Param(jnp.asarray(bias, jnp.float32), logical_axes=())
+
+    def scale(self) -> jax.Array:
+        """t (the log of the logit scale) as the losses take it: a constant with a fixed temperature."""
+        t = self.logit_scale[...]
+        return t if self.learn_logit_scale else jax.lax.stop_gradient(t)
 
     def encode_image(self, images_BIIY, *, ctx=None) -> tuple[jax.Array, list]:
         pooled_BD, aux = self.image(images_BIIY, ctx=ctx)

@@ -40,6 +40,13 @@ class Task:
         """
         raise NotImplementedError
 
+    def accumulate(self, merge, params, micro_batches, make_ctx):
+        """((loss, metrics), grads) of one step over `micro_batches` (each array [A, B/A, ...]), for a
+        task whose loss is not a mean of per-example terms; None: the loop's default, the mean of the
+        micro-batches' losses and gradients (exact for such a mean). `merge(params)` gives the model,
+        `make_ctx(i)` micro-batch i's ForwardContext. CLIP overrides it (tasks/clip.py: GradCache)."""
+        return None
+
     # --- data --------------------------------------------------------------
     def batch_axes(self) -> dict[str, tuple]:
         """Logical axis names of each batch array (the loop maps them to the mesh)."""

@@ -28,6 +28,7 @@ import numpy as np
 
 from clip import loss as closs
 from clip import zeroshot
+from clip.gradcache import gradcache_value_and_grad
 from clip.model import (IMAGE_POOLINGS, LOSSES, POS_EMBS, TEXT_POOLINGS, CLIPModel, clamp_logit_scale,
                         clip_param_count, clip_train_flops_per_example, default_logit_init)
 from clip.tokenizer import get_tokenizer
@@ -80,10 +81,22 @@ def validate_clip_config(config) -> None:
         raise ConfigError(f"clip.loss={c.loss!r} must be one of {list(LOSSES)}")
     if float(c.logit_scale_init) < 0:
         raise ConfigError(f"clip.logit_scale_init={c.logit_scale_init} must be > 0 (or 0 for the loss's default)")
+    T = c.get("fixed_temperature", 0.0)
+    if isinstance(T, bool) or not isinstance(T, (int, float)) or T < 0:
+        raise ConfigError(f"clip.fixed_temperature={T!r} must be a number >= 0 (0: a learnable logit scale)")
+    if T and float(c.logit_scale_init):
+        raise ConfigError(f"clip.fixed_temperature={T} and clip.logit_scale_init={c.logit_scale_init} both set the "
+                          f"logit scale: set one (a fixed temperature T holds it at 1/T)")
     scale, _ = default_logit_init(c)
     if float(c.logit_scale_max) < scale:
+        what = f"clip.fixed_temperature={T}" if T else f"clip.logit_scale_init={c.logit_scale_init}"
         raise ConfigError(f"clip.logit_scale_max={c.logit_scale_max} is below the initial logit scale {scale:.4g} "
-                          f"(clip.logit_scale_init={c.logit_scale_init}, loss {c.loss!r}): the clamp would undo the init")
+                          f"({what}, loss {c.loss!r}): the clamp would undo the init")
+    sub = c.get("loss_sub_batch", 0)
+    if isinstance(sub, bool) or not isinstance(sub, int) or sub < 0 or sub == 1:
+        raise ConfigError(f"clip.loss_sub_batch={sub!r} must be 0 (the whole batch) or an integer >= 2")
+    if sub and int(d.batch_size) % sub:
+        raise ConfigError(f"clip.loss_sub_batch={sub} does not divide data.batch_size={d.batch_size}")
     tok = get_tokenizer(d.tokenizer, int(d.seq_len))
     if t.vocab_size < tok.vocab_size:
         raise ConfigError(f"model.vocab_size={t.vocab_size} is smaller than the {d.tokenizer!r} tokenizer's "
@@ -141,10 +154,12 @@ class CLIPTask(Task):
 
     @classmethod
     def train_flops_per_token_of(cls, config) -> float:
-        """Both towers per pair; the similarity matrix spans one micro-batch (each pair's negatives)."""
+        """Both towers per pair; the similarity matrix spans each pair's negatives: the whole batch (also
+        under accumulation, which caches every micro-batch's embeddings) or its `clip.loss_sub_batch`.
+        Model FLOPs: the accumulation's second forward pass of the towers (a recomputation) is not counted."""
         d = config.data
         return clip_train_flops_per_example(config, text_len=int(d.seq_len),
-                                            micro_batch=int(d.batch_size) // int(config.optim.accum_steps))
+                                            micro_batch=int(config.clip.get("loss_sub_batch", 0) or d.batch_size))
 
     @classmethod
     def param_count_of(cls, config) -> int:
@@ -166,18 +181,39 @@ class CLIPTask(Task):
 
     def _loss(self, model, img_BZ, txt_BZ, batch_axes=None):
         bias = model.logit_bias[...] if self.config.clip.loss == "sigmoid" else None
-        return closs.contrastive_loss(self.config.clip.loss, img_BZ, txt_BZ, model.logit_scale[...], bias,
-                                      batch_axes=batch_axes)
+        return closs.contrastive_loss(self.config.clip.loss, img_BZ, txt_BZ, model.scale(), bias,
+                                      batch_axes=batch_axes, sub_batch=int(self.config.clip.get("loss_sub_batch", 0)))
 
-    def loss(self, model, batch, ctx):
-        img_BZ, txt_BZ, aux = model(batch["images"], batch["tokens"], batch["segment_ids"], ctx=ctx)
-        loss, metrics = self._loss(model, img_BZ, txt_BZ, self._batch_mesh_axes())
-        extra, aux_metrics = collect_aux(aux)
+    def _metrics(self, model, loss, metrics, extra, aux_metrics):
         metrics = {"loss": loss + extra, "clip/contrastive_loss": loss, **metrics, **aux_metrics,
                    "clip/logit_scale": jnp.exp(model.logit_scale[...])}
         if self.config.clip.loss == "sigmoid":
             metrics["clip/logit_bias"] = model.logit_bias[...]
         return loss + extra, metrics
+
+    def loss(self, model, batch, ctx):
+        img_BZ, txt_BZ, aux = model(batch["images"], batch["tokens"], batch["segment_ids"], ctx=ctx)
+        loss, metrics = self._loss(model, img_BZ, txt_BZ, self._batch_mesh_axes())
+        extra, aux_metrics = collect_aux(aux)
+        return self._metrics(model, loss, metrics, extra, aux_metrics)
+
+    def accumulate(self, merge, params, micro_batches, make_ctx):
+        """Accumulation that keeps every negative: GradCache (clip/gradcache.py). The whole batch's
+        loss over the cached embeddings of every micro-batch, its embedding gradients pulled back
+        through the towers one micro-batch at a time; equal to the unaccumulated loss and gradient
+        (tests/test_clip_accumulation.py). Per-layer auxiliary losses of the towers are averaged over
+        micro-batches, as the loop's default accumulation does."""
+        def towers(p, micro, i):
+            img_bZ, txt_bZ, aux = merge(p)(micro["images"], micro["tokens"], micro["segment_ids"], ctx=make_ctx(i))
+            extra, aux_metrics = collect_aux(aux)
+            return (img_bZ, txt_bZ, extra), aux_metrics
+
+        def loss(p, img_BZ, txt_BZ):
+            return self._loss(merge(p), img_BZ, txt_BZ, self._batch_mesh_axes())
+
+        (value, metrics), grads, extras = gradcache_value_and_grad(towers, loss, params, micro_batches)
+        extra = extras.pop("extra")
+        return self._metrics(merge(params), value, metrics, extra, extras), grads
 
     # --- data ----------------------------------------------------------------
     def batch_axes(self):

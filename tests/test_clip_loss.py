@@ -44,6 +44,22 @@ def test_losses_match_numpy_formulas():
     np.testing.assert_allclose(val, np_sigmoid_loss(img, txt, math.log(10), -10.0), rtol=1e-5)
 
 
+def test_loss_over_sub_batches_is_the_mean_of_each_sub_batch_loss():
+    img, txt = embeddings(B=16, Z=8)
+    t, b = math.log(1 / 0.07), -2.0
+    subs = [slice(g * 4, (g + 1) * 4) for g in range(4)]  # sub-batch g: rows 4g .. 4g + 3
+    got, m = closs.contrastive_loss("softmax", img, txt, jnp.float32(t), sub_batch=4)
+    np.testing.assert_allclose(got, np.mean([np_softmax_loss(img[s], txt[s], t) for s in subs]), rtol=1e-5)
+    assert set(m) == {"clip/i2t_loss", "clip/t2i_loss", "clip/batch_i2t_accuracy"}
+    got, _ = closs.contrastive_loss("sigmoid", img, txt, jnp.float32(t), jnp.float32(b), sub_batch=4)
+    np.testing.assert_allclose(got, np.mean([np_sigmoid_loss(img[s], txt[s], t, b) for s in subs]), rtol=1e-5)
+    # A sub-batch of the whole batch is the whole-batch loss.
+    whole, _ = closs.contrastive_loss("softmax", img, txt, jnp.float32(t), sub_batch=16)
+    np.testing.assert_allclose(whole, np_softmax_loss(img, txt, t), rtol=1e-5)
+    with pytest.raises(ValueError, match="clip.loss_sub_batch=5 must be a positive divisor of the batch 16"):
+        closs.sub_batch_loss("softmax", img, txt, jnp.float32(t), sub_batch=5)
+
+
 def test_perfect_alignment_gives_low_softmax_loss_and_full_batch_accuracy():
     img, _ = embeddings()
     val, m = closs.softmax_loss(img, img, jnp.float32(math.log(100)))

@@ -9,6 +9,8 @@ entry point for the CLI (`train.py`), tests, studies and notebooks;
 """
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
 import functools
 import json
@@ -150,12 +152,16 @@ def train_step(state: dict, batch: dict, *, graphdef, task, tx, schedule, accum_
             return task.loss(nnx.merge(graphdef, params), micro, ctx)
 
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        # [B, ...] -> [A, B/A, ...]: micro-batch a takes rows a*B/A .. (a+1)*B/A.
+        micro_batches = jax.tree.map(lambda x: x.reshape(accum_steps, -1, *x.shape[1:]), batch)
+        own = None if accum_steps == 1 else task.accumulate(  # a task whose loss couples rows (CLIP)
+            lambda p: nnx.merge(graphdef, p), state["params"], micro_batches,
+            lambda i: ForwardContext(train=True, step=state["step"], rng=jax.random.fold_in(rng, i)))
         if accum_steps == 1:
             (loss, metrics), grads = grad_fn(state["params"], batch, rng)
+        elif own is not None:
+            (loss, metrics), grads = own
         else:
-            # [B, ...] -> [A, B/A, ...]: micro-batch a takes rows a*B/A .. (a+1)*B/A.
-            micro_batches = jax.tree.map(lambda x: x.reshape(accum_steps, -1, *x.shape[1:]), batch)
-
             def body(carry, xs):
                 micro, i = xs
                 (l, m), g = grad_fn(state["params"], micro, jax.random.fold_in(rng, i))
@@ -238,22 +244,59 @@ def abstract_state(s: Setup) -> dict:
     return jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), shapes, s.state_shardings)
 
 
-def init_state(s: Setup) -> dict:
-    seed = int(s.config.seed)
+# Runs whose configs differ only in `seed` (a study's seeds) compile the same programs: inside
+# `reuse_programs()` they share their jitted init, train and eval functions, so a seed after the first
+# skips tracing, lowering and compiling. Keyed by the whole config but the seed, and the mesh's devices.
+_programs: collections.OrderedDict | None = None
+_PROGRAMS_KEPT = 6  # a few (program, config) pairs: seeds run consecutively, so the last point's suffice
 
-    def init():
-        params = nnx.to_pure_dict(nnx.state(s.task.build_model(nnx.Rngs(seed))))
+
+@contextlib.contextmanager
+def reuse_programs():
+    """Within this block, runs that differ only in `config.seed` reuse each other's jitted programs."""
+    global _programs
+    outer = _programs
+    _programs = collections.OrderedDict() if outer is None else outer
+    try:
+        yield
+    finally:
+        _programs = outer
+
+
+def _program(s: Setup, name: str, build, *extra):
+    if _programs is None:
+        return build()
+    cfg = config_to_dict(s.config)
+    cfg.pop("seed", None)
+    key = json.dumps([name, cfg, [int(d.id) for d in s.mesh.devices.flat], dict(s.mesh.shape), extra],
+                     sort_keys=True, default=str)
+    fn = _programs.get(key)
+    if fn is None:
+        fn = _programs[key] = build()
+        while len(_programs) > _PROGRAMS_KEPT:
+            _programs.popitem(last=False)
+    else:
+        _programs.move_to_end(key)
+    return fn
+
+
+def init_state(s: Setup) -> dict:
+    task, tx = s.task, s.tx
+
+    def init(seed):
+        params = nnx.to_pure_dict(nnx.state(task.build_model(nnx.Rngs(jax.random.key(seed)))))
         rng = jax.random.key_data(jax.random.fold_in(jax.random.key(seed), 1))
-        return {"params": params, "opt_state": s.tx.init(params), "step": jnp.zeros((), jnp.int32), "rng": rng,
-                "stats": s.task.init_stats()}
+        return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32), "rng": rng,
+                "stats": task.init_stats()}
 
     with jax.set_mesh(s.mesh), logical_rules(s.rules):
-        return jax.jit(init, out_shardings=s.state_shardings)()
+        fn = _program(s, "init", lambda: jax.jit(init, out_shardings=s.state_shardings))
+        return fn(jnp.asarray(int(s.config.seed), jnp.uint32))
 
 
 def jit_train_step(s: Setup, example_batch: dict):
     """`train_step` jitted once: explicit in/out shardings, state donated."""
-    return jax.jit(
+    return _program(s, "train", lambda: jax.jit(
         functools.partial(train_step, graphdef=s.graphdef, task=s.task, tx=s.tx, schedule=s.schedule,
                           accum_steps=int(s.config.optim.accum_steps), rules=s.rules,
                           nan_policy=s.nan_policy, nan_injection=s.nan_injection,
@@ -261,14 +304,14 @@ def jit_train_step(s: Setup, example_batch: dict):
         in_shardings=(s.state_shardings, {k: s.batch_shardings[k] for k in example_batch}),
         out_shardings=(s.state_shardings, None),
         donate_argnums=0,
-    )
+    ), sorted(example_batch))
 
 
 def jit_eval_step(s: Setup):
-    return jax.jit(
+    return _program(s, "eval", lambda: jax.jit(
         functools.partial(eval_step, graphdef=s.graphdef, task=s.task, rules=s.rules),
         in_shardings=(s.param_shardings, s.batch_shardings),
-    )
+    ))
 
 
 def host_params_for_extras(params):

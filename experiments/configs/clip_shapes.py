@@ -67,6 +67,8 @@ def get_config(arg: str | None = None):
         logit_scale_init=0.0,    # 0: 1/0.07 for softmax, 10 for sigmoid
         logit_scale_max=100.0,   # clamp after every update (open_clip)
         logit_bias_init=-10.0,   # sigmoid only
+        fixed_temperature=0.0,   # 0: learn the logit scale; T > 0: hold it at 1/T (never trained)
+        loss_sub_batch=0,        # 0: every row's negatives are the whole batch; b': its sub-batch of b' rows
         sharded_loss=True,       # local loss + all-gather when the batch is split over devices
     ))
     c.data = ml_collections.ConfigDict(dict(
