@@ -14,13 +14,19 @@ training log and held-out evaluation (`eval/moe/...`, averaged over the
 eval batches and the MoE layers):
 - `moe/load_entropy`: H(f) / log E, 1 when balanced; exp(H) is the
   effective number of experts in use;
-- `moe/collapsed`: 1 when H(f) / log E < COLLAPSE_ENTROPY (0.5): fewer than
-  sqrt(E) effective experts (4 of 16), i.e. the router has concentrated
-  onto a few experts; top-k onto exactly k experts scores log k / log E
-  (0.25 for k=2, E=16);
 - `moe/starved_experts`: experts with less than DEAD_SHARE / E of this
   batch's routes (the one-batch counterpart of the windowed `dead_experts`
-  below; held-out batches cannot carry a window).
+  below; held-out batches cannot carry a window);
+- `moe/collapsed`: 1 when the router uses few of its experts, by either
+  measure: H(f) / log E < COLLAPSE_ENTROPY (0.5: fewer than sqrt(E)
+  effective experts, 4 of 16), or at least COLLAPSE_STARVED (half) of the
+  experts starved. The second catches what entropy misses under top-k: with
+  k=2 one expert in every token's top 2 and the rest spread over 7 experts
+  still scores an entropy of 0.6, with 8 of 16 experts idle. Routing onto
+  exactly k experts scores log k / log E (0.25 for k=2, E=16).
+Averaged over held-out batches, `eval/moe/collapsed` is the fraction of
+(batch, MoE layer) pairs that are collapsed; a run counts as collapsed when
+it is at least 0.5.
 """
 from __future__ import annotations
 
@@ -31,7 +37,8 @@ import jax.numpy as jnp
 
 from models.lm import ffn_for_layer
 
-COLLAPSE_ENTROPY = 0.5   # collapsed: normalised load entropy below this
+COLLAPSE_ENTROPY = 0.5   # collapsed: normalised load entropy below this ...
+COLLAPSE_STARVED = 0.5   # ... or at least this fraction of the experts starved
 DEAD_SHARE = 0.1         # dead / starved: less than DEAD_SHARE / E of the routes
 
 
@@ -48,11 +55,13 @@ def load_health(f_E: jax.Array) -> dict[str, jax.Array]:
     """The per-batch load statistics of one MoE layer (see the module docstring)."""
     E = f_E.shape[-1]
     entropy = load_entropy(f_E)
+    starved = jnp.sum(f_E < DEAD_SHARE / E).astype(jnp.float32)
+    collapsed = (entropy < COLLAPSE_ENTROPY) | (starved >= COLLAPSE_STARVED * E)
     return {
         "moe/max_fraction": jnp.max(f_E),
         "moe/load_entropy": entropy,
-        "moe/collapsed": (entropy < COLLAPSE_ENTROPY).astype(jnp.float32),
-        "moe/starved_experts": jnp.sum(f_E < DEAD_SHARE / E).astype(jnp.float32),
+        "moe/collapsed": collapsed.astype(jnp.float32),
+        "moe/starved_experts": starved,
     }
 
 

@@ -148,7 +148,13 @@ def test_load_health_defines_collapse():
     four = jnp.zeros(E).at[:4].set(0.25)
     assert float(health.load_entropy(four)) == pytest.approx(0.5)
     assert float(health.load_health(four.at[0].add(0.01).at[1].add(-0.01))["moe/collapsed"]) == 1.0
-    assert float(health.load_health(four.at[:5].set(0.2))["moe/collapsed"]) == 0.0
+    five = jnp.zeros(E).at[:5].set(0.2)  # 5 > 4 effective experts, but 11 of 16 starved: collapsed
+    assert float(health.load_entropy(five)) > 0.5 and float(health.load_health(five)["moe/collapsed"]) == 1.0
+    eight = jnp.zeros(E).at[0].set(0.5).at[1:8].set(0.5 / 7)  # one expert in every top 2, 7 share the rest
+    h = {k: float(v) for k, v in health.load_health(eight).items()}
+    assert h["moe/load_entropy"] > 0.5 and h["moe/starved_experts"] == 8 and h["moe/collapsed"] == 1.0
+    nine = jnp.zeros(E).at[0].set(0.5).at[1:9].set(0.5 / 8)  # 7 starved: not collapsed
+    assert float(health.load_health(nine)["moe/collapsed"]) == 0.0
 
 
 def test_router_init_scale_scales_the_initial_router():
