@@ -105,7 +105,7 @@ def test_study_smoke_writes_report_and_plots(tmp_path):
         rows = {s["scheme"]: s for s in kv_fragmentation.main_rows(out["summary"], dist)}
         assert list(rows) == list(kv_fragmentation.SCHEMES)
         assert rows["contiguous-max"]["goodput_x_contiguous_max"]["mean"] == pytest.approx(1.0)
-        assert [s["watermark"] for s in kv_fragmentation.sweep_rows(out["summary"], dist)] == [0.0, 0.01, 0.05]
+        assert [s["watermark"] for s in kv_fragmentation.sweep_rows(out["summary"], dist)] == [0.0, 0.02, 0.05]
     assert len(out["verdicts"]) == 12 and all(v["confidence"] == pytest.approx(1 - 0.05 / 12) for v in out["verdicts"])
     assert "Primary metric" in report and "| 5.0% |" in report
     for png in ("kv_fragmentation.png", "kv_watermark.png"):
