@@ -28,14 +28,50 @@ def test_train_step_benchmark_runs_on_smoke_sizes(capsys, monkeypatch):
     assert "== smoke" in out and "ours / bare JAX" in out
 
 
+def test_attention_exponent_fit_recovers_a_known_exponent():
+    from benchmarks.attention import fit_exponent, knob_verdict
+
+    x = np.array([64, 128, 256, 512, 1024])
+    exact = fit_exponent(x, np.stack([3.0 * x**1.5, 5.0 * x**1.5]))  # two repeats, exponent 1.5 exactly
+    assert exact["per_repeat"] == pytest.approx([1.5, 1.5]) and exact["median_slope"]["mean"] == pytest.approx(1.5)
+    assert exact["slope"]["ci_low"] == pytest.approx(1.5) and exact["slope"]["ci_high"] == pytest.approx(1.5)
+    noisy_y = 2e-3 * x**0.9 * np.exp(np.random.default_rng(0).normal(0, 0.05, (7, x.size)))
+    noisy = fit_exponent(x, noisy_y)
+    assert noisy["slope"]["ci_low"] < 0.9 < noisy["slope"]["ci_high"] and noisy["slope"]["ci_high"] - noisy["slope"]["ci_low"] < 0.1
+    assert noisy["median_slope"]["ci_low"] < 0.9 < noisy["median_slope"]["ci_high"]
+    # A constant term flattens the whole-range fit; the top-3 fit sees the linear part.
+    offset = fit_exponent(x, np.stack([100.0 + x, 101.0 + x]))  # whole range 0.70, top three 0.83
+    assert 0.65 < offset["slope"]["mean"] < 0.75 and 0.8 < offset["top3"]["mean"] < 0.86
+    assert knob_verdict(noisy, flops_exp=1.0) == "supported"
+    assert knob_verdict(exact, flops_exp=1.0).startswith("not supported")
+    assert knob_verdict(exact, flops_exp=1.5).startswith("not testable at this scale")
+    top = {"slope": {"ci_low": 0.3, "ci_high": 0.5}, "top3": {"ci_low": 0.85, "ci_high": 1.1}}
+    assert knob_verdict(top, flops_exp=1.0).startswith("supported at the top of the range")
+    edge = {"slope": {"ci_low": 0.7, "ci_high": 0.9}, "top3": {"ci_low": 0.7, "ci_high": 0.9}}
+    assert knob_verdict(edge, flops_exp=1.0).startswith("inconclusive")
+    with pytest.raises(ValueError, match="need repeats"):
+        fit_exponent(x[:2], np.ones((3, 2)))
+
+
 @pytest.mark.slow
 def test_attention_benchmark_writes_report(tmp_path, capsys):
+    import json
+
     from benchmarks import attention as attention_complexity
 
-    attention_complexity.main(["--lengths", "128,256", "--repeats", "1", "--out", str(tmp_path)])
+    attention_complexity.main(["--lengths", "256", "--repeats", "1", "--out", str(tmp_path)])
+    attention_complexity.main(["--sweep", "knobs", "--knobs", "M", "--knob-n", "64", "--knob-values", "16,32,64",
+                               "--repeats", "2", "--inner", "1", "--out", str(tmp_path)])
     report = (tmp_path / "report.md").read_text()
-    assert "| 256 | longformer |" in report and "Exponents of n" in report
-    assert (tmp_path / "attention_complexity.png").stat().st_size > 0
+    assert "| 256 | longformer |" in report and "Exponents of n" in report  # the n sweep, re-rendered from its JSON
+    assert "## Cost against d, M and W" in report and "| M | performer | O(n M d) | 16-64 | 1 |" in report
+    res = json.loads((tmp_path / "attention_knobs.json").read_text())
+    (fit,) = res["fits"]
+    assert fit["values"] == [16, 32, 64] and len(fit["per_repeat"]) == 2
+    assert [len(r["times"]) for r in res["rows"]] == [2, 2, 2] and all(r["flops"] > 0 for r in res["rows"])
+    assert fit["flops_exponent"] > 0.5  # XLA counts more work for more features
+    for png in ("attention_complexity.png", "attention_knobs.png"):
+        assert (tmp_path / png).stat().st_size > 0
 
 
 @pytest.mark.slow
