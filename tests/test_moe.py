@@ -526,17 +526,56 @@ def test_moe_vs_dense_study_matches_flops_and_params(tmp_path):
     assert len({r.steps for r in runs.values()}) == 1  # the same tokens for every arm
 
 
+def test_collapse_study_expands_every_arm_and_counts_collapsed_seeds(tmp_path):
+    from experiments.study import expand, load_study
+    from experiments.studies import moe_collapse as mc
+
+    # Every arm of the full study builds and validates (no training) with the fields it is about.
+    study = load_study("experiments/studies/moe_collapse.py")
+    assert len(study.seeds) >= 5 and study.tuning.metric == "eval/bpb"
+    study.seeds = study.seeds[:1]  # one config per arm is enough here (each build reads the config file)
+    moe = {r.point: r.config.model.moe for r in expand(study, tmp_path)}
+    assert list(moe) == list(mc.ARMS)
+    assert [moe[a].balance_weight for a in ("no_loss", "loss_1e-3", "loss_1e-2", "loss_1e-1")] == [0, 1e-3, 1e-2, 1e-1]
+    assert moe["loss_seq_1e-2"].balance_groups == "sequence" and moe["loss_1e-2"].balance_groups == "batch"
+    assert moe["capacity_1"].dispatch == "capacity" and moe["capacity_1"].eval_capacity_factor == 1.0
+    assert moe["expert_choice"].router == "expert_choice" and moe["noise"].noise_anneal_steps == mc.STEPS
+    assert moe["noise"].balance_weight == 0 and moe["noise_loss_1e-2"].noise == "gaussian"
+    assert all(m.z_loss_weight == 0 and m.num_experts == 16 for m in moe.values())
+    # collapse.md counts on hand-made curves (E=16: collapsed when entropy < 0.5 or >= 8 experts starved).
+    ev = lambda step, h, starved: {"step": step, "eval/moe/load_entropy": h, "eval/moe/starved_experts": starved}  # noqa: E731
+    records = [
+        {"point": "a", "seed": 0, "curve": [ev(0, 0.9, 0), ev(10, 0.4, 3), ev(200, 0.9, 1)]},   # recovers
+        {"point": "a", "seed": 1, "curve": [ev(0, 0.45, 0), ev(10, 0.8, 9), ev(200, 0.7, 8)]},  # at 0, stays
+        {"point": "a", "seed": 2, "curve": [ev(0, 0.9, 0), ev(50, 0.9, 7.5), ev(200, 0.51, 7.9)]},  # never
+        {"point": "b", "seed": 0, "curve": [ev(0, 0.9, 0), ev(50, 0.9, 8), ev(200, 0.9, 8)]},   # late, stays
+    ]
+    t = mc.collapse_table(records, 16)
+    assert {k: t["a"][k] for k in ("seeds", "at_0", "early", "final", "ever", "recovered")} == dict(
+        seeds=3, at_0=1, early=2, final=1, ever=2, recovered=1)
+    assert t["a"]["first"] == [10, 0] and t["b"]["first"] == [50] and (t["b"]["early"], t["b"]["final"]) == (0, 1)
+    assert "| `b` | 1 | 0 | 0 | 1 | 1 | 0 | 50 | 8.0 | 0.90 |" in mc.collapse_markdown(records, 16)
+
+
 @pytest.mark.slow
-def test_collapse_smoke_study_reports_every_metric(tmp_path):
+def test_collapse_smoke_study_evaluates_from_step_0_and_writes_collapse_md(tmp_path):
     from experiments.study.results import load_results
     from experiments.study import load_study, run_study
+    from experiments.studies import moe_collapse as mc
 
     run_study(load_study("experiments/studies/moe_collapse.py:smoke"), tmp_path, log=lambda *_: None)
     records = load_results(tmp_path / "results.jsonl")
-    assert sorted({r["point"] for r in records}) == ["aux", "aux_noise", "capacity", "no_aux"]
-    assert all(0 < r["final"]["eval/moe/load_entropy"] <= 1 + 1e-6 for r in records)
-    assert "higher is better" in (tmp_path / "report_moe_load_entropy.md").read_text()
-    assert "lower is better" in (tmp_path / "report.md").read_text()
+    assert sorted({(r["point"], r["seed"]) for r in records}) == [(p, s) for p in ("loss_seq_1e-2", "no_loss")
+                                                                for s in (0, 1)]
+    assert all([c["step"] for c in r["curve"]] == [0, 3] for r in records)  # the initialisation is evaluated
+    assert all(0 < c["eval/moe/load_entropy"] <= 1 + 1e-6 and 0 <= c["eval/moe/starved_experts"] <= 4
+               for r in records for c in r["curve"])
+    assert all(r["tuned"] == {"optim.learning_rate": 3e-3} for r in records)
+    report = (tmp_path / "report.md").read_text()
+    assert "primary metric `eval/moe/starved_experts`" in report and "best final `eval/bpb`" in report
+    assert mc.main([str(tmp_path)]) == 0
+    md = (tmp_path / "collapse.md").read_text()
+    assert "| `no_loss` | 2 |" in md and "| `loss_seq_1e-2` | 2 |" in md
 
 
 @pytest.mark.slow

@@ -8,6 +8,10 @@ sits on a parameter bound (lm_scaling's L(N), the one study that still
 declares such fits: an exponent of 1e-27): scipy's optimizer lands on a
 different point of a flat valley on a different CPU, so those lines are
 compared only for being present. Fits are opt-in per study (docs/studies.md).
+
+A results folder holding a file `SUPERSEDED` (one line: by what) was written
+by an earlier design of its study file, kept until the redesign's full run
+replaces it: its reports cannot come from the current file, and are skipped.
 """
 import pathlib
 import shutil
@@ -32,6 +36,8 @@ def _comparable(line: str) -> str:
 def test_committed_report_regenerates(name, tmp_path, monkeypatch):
     from experiments.study import report
 
+    if (RESULTS / name / "SUPERSEDED").exists():
+        pytest.skip(f"{name}: {(RESULTS / name / 'SUPERSEDED').read_text(encoding='utf-8').strip()}")
     monkeypatch.setattr(report, "_save", lambda draw, path: None)  # the text is under test, not the plots
     out = tmp_path / name
     shutil.copytree(RESULTS / name, out)
