@@ -218,3 +218,31 @@ def test_resumed_run_summary_keeps_earlier_evaluations(smoke_run, tmp_path, devi
     for got, want in zip(summary["curve"], smoke_run.summary["curve"]):
         assert got == pytest.approx(want, rel=1e-6)
     assert summary["best"]["eval/loss"] == min(p["eval/loss"] for p in summary["curve"])
+
+
+@pytest.mark.slow
+def test_seeds_share_compiled_programs_only_inside_reuse_programs(devices):
+    """A study's seeds reuse the jitted init/train/eval programs; any other config change gets its own."""
+    def setups(**kw):
+        out = []
+        for seed in (0, 1):
+            c = smoke_cfg(lean=True)
+            c.seed = seed
+            c.optim.update(**kw)
+            out.append(loop.setup(c, devices))
+        return out
+
+    (a0, a1), (b0, _) = setups(), setups(learning_rate=0.5)
+    batch = a0.task.train_batch(0)
+    assert loop.jit_train_step(a0, batch) is not loop.jit_train_step(a1, batch)  # outside: nothing shared
+    with loop.reuse_programs():
+        assert loop.jit_train_step(a0, batch) is loop.jit_train_step(a1, batch)
+        assert loop.jit_eval_step(a0) is loop.jit_eval_step(a1)
+        assert loop.jit_train_step(b0, batch) is not loop.jit_train_step(a0, batch)
+        with jax.set_mesh(a1.mesh):
+            shared = loop.init_state(a0), loop.init_state(a1)  # one compiled init, two seeds
+    with jax.set_mesh(a1.mesh):
+        own = loop.init_state(a1)
+    leaves = [jax.tree.leaves(x["params"]) for x in (*shared, own)]
+    assert any(not np.array_equal(x, y) for x, y in zip(leaves[0], leaves[1]))  # seeds 0 and 1 differ
+    assert all(np.array_equal(x, y) for x, y in zip(leaves[1], leaves[2]))  # seed 1 as if compiled for itself

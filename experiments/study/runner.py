@@ -491,7 +491,10 @@ def run_study(study: Study, out: str | Path, *, collect_only: bool = False, repo
     if train_fn is None:
         from trainer import loop
 
-        train_fn = loop.train_and_evaluate
+        # A point's seeds share its compiled programs (trainer/loop.py: reuse_programs).
+        with loop.reuse_programs():
+            return run_study(study, out, collect_only=collect_only, report=report, log=log,
+                             train_fn=loop.train_and_evaluate)
     chosen, details = None, None
     if study.tuning is not None:
         _train_all(expand_tuning(study, out), out / "tuning.jsonl", study, collect_only, train_fn, log,
