@@ -16,6 +16,7 @@ from trainer import loop
 from nn.errors import DataError
 from experiments.configs import clip_shapes
 from nn.errors import ConfigError
+from conftest import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -148,16 +149,29 @@ def test_clip_benchmark_runs_on_smoke_sizes(capsys):
 
 
 @pytest.mark.slow
-def test_batch_size_smoke_study_writes_report_and_tables(tmp_path):
-    from experiments.studies import clip_batch_size
-    from experiments.study.results import load_results
+def test_negatives_smoke_study_tunes_then_reports_the_trend_and_tables(tmp_path):
+    from experiments.studies import clip_negatives
     from experiments.study import load_study, run_study
+    from experiments.study.results import load_results
 
-    study = load_study("experiments/studies/clip_batch_size.py:smoke")
+    study = load_study("experiments/studies/clip_negatives.py:smoke")
     run_study(study, tmp_path, log=lambda *_: None)
+    tuning = load_results(tmp_path / "tuning.jsonl")
+    assert sorted((r["point"], r["seed"], r["tuning"]["optim.learning_rate"]) for r in tuning) == [
+        ("neg16", 0, 3e-3), ("neg4", 0, 3e-3)]
     records = load_results(tmp_path / "results.jsonl")
-    assert sorted({r["point"] for r in records}) == ["sigmoid_b16", "softmax_b8"]
-    assert {r["tokens"] for r in records} == {32}  # matched pairs seen: 4 steps of 8, 2 steps of 16
-    tables = clip_batch_size.accuracy_tables(tmp_path).read_text()
-    assert "`softmax_b8`" in tables and "i2t_recall_at_1" in tables
-    assert "softmax_b8" in (tmp_path / "report.md").read_text()
+    assert sorted((r["point"], r["seed"]) for r in records) == [("neg16", 0), ("neg16", 1), ("neg4", 0), ("neg4", 1)]
+    # Fixed batch and steps: every point trains on the same 2 x 16 pairs; only the negatives differ.
+    assert {(r["steps"], r["tokens"]) for r in records} == {(2, 32)}
+    assert all(r["tuned"] == {"optim.learning_rate": 3e-3} for r in records)
+    assert all(0.0 <= r["final"][clip_negatives.PRIMARY] <= 1.0 for r in records)
+    # Step 2's loss is computed on the initial weights (the first update is warmup's zero rate), and a
+    # seed gives the same weights and batch at both points: fewer negatives, a lower loss, at any rate.
+    for seed in (0, 1):
+        first = {p: read_metrics(tmp_path / "runs" / p / f"seed_{seed}")[0] for p in ("neg4", "neg16")}
+        assert first["neg4"]["step"] == first["neg16"]["step"] == 2
+        assert first["neg4"]["train/clip/contrastive_loss"] < first["neg16"]["train/clip/contrastive_loss"] - 0.5
+    report = (tmp_path / "report.md").read_text()
+    assert "loss_sub_batch" in report and "Tuning stage" in report and "Holm" in report
+    tables = clip_negatives.accuracy_tables(tmp_path).read_text()
+    assert "`neg4`" in tables and "above chance" in tables

@@ -1,5 +1,9 @@
 """CLIP batch size at matched examples seen: softmax (CLIP) vs sigmoid (SigLIP) loss, 3 seeds.
 
+SUPERSEDED: its larger batches also take fewer steps (negatives and steps confounded). Replaced by
+clip_negatives.py, clip_batch_steps.py and clip_temperature.py; kept only so that the committed
+report in experiments/results/clip_batch_size/ regenerates until their full runs replace it.
+
     python -m experiments.study experiments/studies/clip_batch_size.py --out experiments/results/clip_batch_size
     python -m experiments.studies.clip_batch_size experiments/results/clip_batch_size   # accuracy / recall tables with CIs
     python -m experiments.study experiments/studies/clip_batch_size.py:smoke --out /tmp/clip_bs_smoke
