@@ -554,7 +554,9 @@ def test_collapse_study_expands_every_arm_and_counts_collapsed_seeds(tmp_path):
     assert {k: t["a"][k] for k in ("seeds", "at_0", "early", "final", "ever", "recovered")} == dict(
         seeds=3, at_0=1, early=2, final=1, ever=2, recovered=1)
     assert t["a"]["first"] == [10, 0] and t["b"]["first"] == [50] and (t["b"]["early"], t["b"]["final"]) == (0, 1)
-    assert "| `b` | 1 | 0 | 0 | 1 | 1 | 0 | 50 | 8.0 | 0.90 |" in mc.collapse_markdown(records, 16)
+    md = mc.collapse_markdown(records, 16)
+    assert "| `b` | 1 | 0 | 0 | 1 | 1 | 0 | 50 | 8.0 | 0.90 | n/a |" in md
+    assert "| `a` | 0.0 | 6.0 | 7.5 | 5.6 |" in md and "| `b` | 0.0 | n/a | 8.0 | 8.0 |" in md  # steps 0, 10, 50, 200
 
 
 @pytest.mark.slow

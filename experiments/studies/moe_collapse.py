@@ -175,8 +175,14 @@ def collapse_table(records: list[dict], num_experts: int = EXPERTS, early=EARLY_
         flags = [(c["step"], is_collapsed(c, num_experts)) for c in curve]
         flags = [(s, f) for s, f in flags if f is not None]
         a = out.setdefault(r["point"], {"seeds": 0, "at_0": 0, "early": 0, "final": 0, "ever": 0, "recovered": 0,
-                                        "first": [], "final_starved": [], "final_entropy": []})
+                                        "first": [], "final_starved": [], "final_entropy": [], "lr": set(),
+                                        "starved_by_step": {}})
         a["seeds"] += 1
+        if r.get("tuned", {}).get("optim.learning_rate") is not None:
+            a["lr"].add(r["tuned"]["optim.learning_rate"])
+        for c in curve:
+            if c.get("eval/moe/starved_experts") is not None:
+                a["starved_by_step"].setdefault(c["step"], []).append(c["eval/moe/starved_experts"])
         if not flags:
             continue
         at = dict(flags)
@@ -203,14 +209,22 @@ def collapse_markdown(records: list[dict], num_experts: int = EXPERTS, order=Non
              f"steps {', '.join(map(str, EARLY_EVALS[1:]))}. Recovered: collapsed at some evaluation, not at the "
              f"last. Counts are seeds; no test is run on them (the tests are on the primary metric, report.md).", "",
              "| arm | seeds | collapsed at step 0 | early | at the end | ever | recovered | first collapsed at "
-             "(steps) | starved at the end (per seed) | entropy at the end (per seed) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "(steps) | starved at the end (per seed) | entropy at the end (per seed) | learning rate |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    fmt = lambda vs, f: " ".join(f.format(v) for v in vs if v is not None) or "n/a"  # noqa: E731
     for arm in arms:
         a = table[arm]
-        fmt = lambda vs, f: " ".join(f.format(v) for v in vs if v is not None) or "n/a"  # noqa: E731
         lines.append(f"| `{arm}` | {a['seeds']} | {a['at_0']} | {a['early']} | {a['final']} | {a['ever']} | "
                      f"{a['recovered']} | {fmt(a['first'], '{}')} | {fmt(a['final_starved'], '{:.1f}')} | "
-                     f"{fmt(a['final_entropy'], '{:.2f}')} |")
+                     f"{fmt(a['final_entropy'], '{:.2f}')} | {fmt(sorted(a['lr']), '{:g}')} |")
+    steps = sorted({st for arm in arms for st in table[arm]["starved_by_step"]})
+    lines += ["", "Held-out starved experts (of " + str(num_experts) + "), mean over seeds, at each evaluation: "
+              "does collapse grow, settle or recover?", "",
+              "| arm | " + " | ".join(f"step {st}" for st in steps) + " |", "|---|" + "---|" * len(steps)]
+    for arm in arms:
+        by = table[arm]["starved_by_step"]
+        lines.append(f"| `{arm}` | " + " | ".join(f"{sum(by[st]) / len(by[st]):.1f}" if by.get(st) else "n/a"
+                                                  for st in steps) + " |")
     return "\n".join(lines) + "\n"
 
 
