@@ -263,6 +263,65 @@ def from_config(data_cfg) -> ListOpsData:
 
 
 # --------------------------------------------------------------------------
+# Shortcut baselines: rules that read the top of the tree only
+# --------------------------------------------------------------------------
+
+SHORTCUTS = {
+    "majority": "the most frequent training label, whatever the input",
+    "root_operator": "the most frequent training label among training expressions with the same root operator",
+    "root_over_direct_args": "the root operator applied to its direct digit arguments, nested lists ignored "
+                             "(the root-operator rule when the root has no direct digit)",
+}
+
+
+def root_and_direct_digits(row) -> tuple[int | None, list[int]]:
+    """(root operator id, the digits that are its direct arguments) of a row (CLS, expression, PAD).
+
+    A lone digit has no operator: (None, [that digit]).
+    """
+    depth, root, digits = 0, None, []
+    for t in (int(x) for x in row):
+        if t in (PAD, CLS):
+            continue
+        if t in OPERATORS:
+            depth += 1
+            if root is None:
+                root = t
+        elif t == END:
+            depth -= 1
+        elif depth <= 1:
+            digits.append(t - DIGIT0)
+    return root, digits
+
+
+def shortcut_predictions(train: ListOpsSplit, split: ListOpsSplit) -> dict[str, np.ndarray]:
+    """Each shortcut's predicted class for every example of `split`; the learned parts come from `train`."""
+    majority = int(np.bincount(train.labels, minlength=NUM_CLASSES).argmax())
+    by_op: dict[int | None, np.ndarray] = {}
+    for row, y in zip(train.tokens, train.labels):
+        op = root_and_direct_digits(row[:2])[0]  # the root is the first token after CLS
+        by_op.setdefault(op, np.zeros(NUM_CLASSES, np.int64))[y] += 1
+    op_class = {op: int(c.argmax()) for op, c in by_op.items()}
+    out = {name: np.zeros(len(split), np.int32) for name in SHORTCUTS}
+    for i, row in enumerate(split.tokens):
+        op, digits = root_and_direct_digits(row)
+        out["majority"][i] = majority
+        out["root_operator"][i] = op_class.get(op, majority)
+        if op is None:
+            out["root_over_direct_args"][i] = digits[0]
+        elif digits:
+            out["root_over_direct_args"][i] = _apply(op, digits)
+        else:
+            out["root_over_direct_args"][i] = op_class.get(op, majority)
+    return out
+
+
+def shortcut_accuracies(train: ListOpsSplit, split: ListOpsSplit) -> dict[str, float]:
+    """Accuracy of each shortcut on `split` (rules fitted on `train`)."""
+    return {name: float(np.mean(pred == split.labels)) for name, pred in shortcut_predictions(train, split).items()}
+
+
+# --------------------------------------------------------------------------
 # Independent evaluator (the tests' oracle; shares no code with the sampler)
 # --------------------------------------------------------------------------
 

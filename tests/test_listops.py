@@ -44,6 +44,44 @@ def test_evaluator_on_hand_examples():
     assert listops.tree_shape("[MAX 2 9 [MIN 4 7 ] 0 ]") == (3, 2, 4)
 
 
+
+def _prune_nested(text: str) -> str:
+    """The expression with every list below the root deleted (an independent text-level oracle)."""
+    out, depth = [], 0
+    for tok in text.split():
+        depth += tok.startswith("[")
+        if depth <= 1 and not (tok == "]" and depth == 0):
+            out.append(tok)
+        depth -= tok == "]"
+    return " ".join(out)
+
+
+def test_shortcut_baselines_against_a_text_oracle(split):
+    assert _prune_nested("[MAX 2 9 [MIN 4 7 ] 0 ]") == "[MAX 2 9 0 ]"
+    rows = np.zeros((3, 12), np.uint8)
+    for i, text in enumerate(["[MAX 2 9 [MIN 4 7 ] 0 ]", "[SM [MIN 4 7 ] ]", "5"]):
+        ids = listops.encode(text)
+        rows[i, 0], rows[i, 1:1 + len(ids)] = listops.CLS, ids
+    assert [listops.root_and_direct_digits(r) for r in rows] == [(listops.MAX, [2, 9, 0]), (listops.SM, []), (None, [5])]
+    train, held = listops.generate(400, seed=5, **SMALL), split
+    pred = listops.shortcut_predictions(train, held)
+    counts = {}
+    for row, y in zip(train.tokens, train.labels):
+        counts.setdefault(listops.decode(row).split()[0], np.zeros(10, int))[y] += 1
+    majority = int(np.bincount(train.labels, minlength=10).argmax())
+    for i, row in enumerate(held.tokens):
+        text = listops.decode(row)
+        root = text.split()[0]
+        assert pred["majority"][i] == majority
+        assert pred["root_operator"][i] == counts[root].argmax()
+        pruned = _prune_nested(text)
+        direct = pruned if pruned.split()[1:-1] else None  # a root with no direct digit falls back
+        want = listops.evaluate_text(direct) if direct else counts[root].argmax()
+        assert pred["root_over_direct_args"][i] == want, text
+    acc = listops.shortcut_accuracies(train, held)
+    assert acc["root_over_direct_args"] == pytest.approx(np.mean(pred["root_over_direct_args"] == held.labels))
+    assert acc["majority"] < acc["root_operator"] < acc["root_over_direct_args"]
+
 def test_lengths_layout_depth_and_arity(split):
     assert split.tokens.shape == (300, SMALL["max_len"] + 1) and split.tokens.dtype == np.uint8
     assert ((split.lengths >= SMALL["min_len"]) & (split.lengths <= SMALL["max_len"])).all()

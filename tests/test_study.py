@@ -271,3 +271,29 @@ def test_tuning_can_optimise_a_metric_other_than_the_primary(tmp_path):
                                      metric="eval/accuracy"))
     with pytest.raises(StudyError, match="tuning.metric='eval/accuracy' is not one of metrics"):
         validate_study(bad)
+
+
+def test_reference_baselines_are_computed_once_and_judged_in_the_report(tmp_path, monkeypatch):
+    from experiments.study import report
+
+    monkeypatch.setattr(report, "_save", lambda draw, path: None)  # the text is under test, not the plots
+    calls = []
+
+    def refs(config):
+        calls.append(int(config.model.d_model))
+        return {"shortcut": {"how": "a rule", "eval/bpb": 1.2}, "chance": {"how": "uniform", "eval/bpb": 8.0}}
+
+    study = _tuned_study(references=refs, metrics=("eval/bpb", "eval/loss"))
+    run_study(study, tmp_path, train_fn=_fake_train([]), log=lambda *_: None)
+    run_study(study, tmp_path, train_fn=_fake_train([]), log=lambda *_: None, report=False)
+    assert calls == [32]  # once, from the first main run's config
+    md = (tmp_path / "report.md").read_text()
+    section = md.split("## Reference baselines (no training)\n", 1)[1].split("\n## ", 1)[0]
+    assert "| `shortcut` | 1.2000 | a rule |" in section and "| `chance` | 8.0000 | uniform |" in section
+    # d32 (tuned to its optimum: 1.032 + 0.01 seed) beats the best rule; d64 (its LR at the grid edge: ~1.30) loses.
+    assert "- `d32`: 1.0420 [1.0172, 1.0668] against the best baseline `shortcut` (1.2000, difference -0.1580): " \
+           "**beats it**" in section
+    assert "- `d64`: " in section and "**worse than it**" in section.split("- `d64`: ", 1)[1]
+    assert "Reference baselines" not in (tmp_path / "report_loss.md").read_text()  # no rule scored on eval/loss
+    with pytest.raises(StudyError, match="references=3 must be a function of the config"):
+        validate_study(_tuned_study(references=3))

@@ -17,6 +17,15 @@ from experiments.study import Study
 VARIANTS = ("dense", "performer", "longformer")
 
 
+def shortcuts(config) -> dict:
+    """The shortcut baselines (data/listops.py SHORTCUTS) on the validation split the models are scored on."""
+    from data import listops
+
+    data = listops.from_config(config.data)
+    acc = listops.shortcut_accuracies(data.train, data.val)
+    return {name: {"how": how, "eval/accuracy": acc[name]} for name, how in listops.SHORTCUTS.items()}
+
+
 def get_study(arg=None) -> Study:
     args = parse_arg(arg, smoke=False)
     study = Study(
@@ -31,6 +40,7 @@ def get_study(arg=None) -> Study:
         primary="eval/loss",
         overrides={"train.tensorboard": False},
         evals_per_run=2,
+        references=shortcuts,
     )
     if args.smoke:
         study.config = "experiments/configs/listops.py:smoke"

@@ -39,6 +39,7 @@ Design choices (the ones that affect numbers are also stated in the report):
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import warnings
@@ -542,6 +543,7 @@ def render_markdown(an: dict, title: str = "", load_errors=(), suffix: str = "")
         lines.append("- No comparisons (a single point, or every point has a single seed).")
 
     lines += _trend_lines(an, unit)
+    lines += _reference_lines(an)
     lines += ["", "## Scaling fit", ""]
     if not an.get("fits"):
         lines += ["No scaling fit: this study declares none. Fits are opt-in: a study names each fit it wants "
@@ -574,6 +576,34 @@ def render_markdown(an: dict, title: str = "", load_errors=(), suffix: str = "")
     if (an.get("scaling") or {}).get("isoflop") is not None:
         lines += [f"![IsoFLOP profiles](isoflop{suffix}.png)", ""]
     return "\n".join(lines)
+
+
+def _reference_lines(an: dict) -> list[str]:
+    """The no-training baselines (study.references) and, per point, whether its CI is clear of the best."""
+    refs, metric = an.get("references") or {}, an["metric"]
+    if not refs:
+        return []
+    higher = higher_is_better(metric)
+    best_name = (max if higher else min)(refs, key=lambda k: refs[k][metric])
+    best = refs[best_name][metric]
+    lines = ["", "## Reference baselines (no training)", "",
+             f"Rules that need no training, scored on the same evaluation split (`references.json`). A point "
+             f"whose {an['confidence']:.0%} CI is not clear of the best of them has not shown that it learned "
+             f"more than that rule.", "", f"| baseline | {metric} | rule |", "|---|---|---|"]
+    lines += [f"| `{_esc(k)}` | {r[metric]:.4f} | {_esc(r.get('how', ''))} |" for k, r in refs.items()]
+    lines.append("")
+    for p in an["points"]:
+        if p["n"] < 2:
+            lines.append(f"- `{_esc(p['point'])}`: {p['mean']:.4f} from {p['n']} seed(s): no CI to compare.")
+            continue
+        better = p["ci_low"] > best if higher else p["ci_high"] < best
+        worse = p["ci_high"] < best if higher else p["ci_low"] > best
+        verdict = ("**beats it** (its CI is clear of it)" if better else
+                   "**worse than it** (its whole CI is on the wrong side)" if worse else
+                   "not distinguishable from it (its CI contains it)")
+        lines.append(f"- `{_esc(p['point'])}`: {p['mean']:.4f} [{p['ci_low']:.4f}, {p['ci_high']:.4f}] against the "
+                     f"best baseline `{_esc(best_name)}` ({best:.4f}, difference {p['mean'] - best:+.4f}): {verdict}.")
+    return lines
 
 
 def _trend_lines(an: dict, unit: str) -> list[str]:
@@ -742,10 +772,13 @@ def write_study_reports(results_dir, study, n_boot: int = 1000, tuning_lines=Non
                                 comparisons=study.comparisons if study.compare else [], trend=study.trend))
     apply_family(analyses, study.correction)
     role = {"primary": primary, "secondary": metrics[1:]}
+    refs_path = Path(results_dir) / "references.json"
+    refs = json.loads(refs_path.read_text(encoding="utf-8"))["references"] if refs_path.exists() else {}
     paths = []
     for j, an in enumerate(analyses):
         an["role"] = role
         an["tuning_lines"] = tuning_lines
+        an["references"] = {k: r for k, r in refs.items() if an["metric"] in r}
         paths.append(_write(Path(results_dir), an, records, errors, metric_suffix(j, an["metric"])))
     return paths
 

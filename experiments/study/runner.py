@@ -37,6 +37,7 @@ from typing import Any
 
 from experiments.study.results import append_result, load_results
 from experiments.study.stats import steps_for_budget
+from trainer.paths import write_json_atomic
 from nn.errors import InputError, StudyError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,6 +68,9 @@ class Study:
     budgets: list[float] | None = None            # one run per (point, budget), each with its own schedule
     cells: set[tuple[str, float]] | None = None   # with budgets: only these (point name, budget) pairs run
     tuning: "Tuning | None" = None                # a tuning stage before the main grid
+    # Baselines that need no training, scored on the evaluation split: f(config of the first main run) ->
+    # {name: {"how": one line, <metric>: value}}. Computed once into references.json; every report shows them.
+    references: Any = None
 
     def point_names(self) -> list[str]:
         if self.names is not None:
@@ -174,6 +178,8 @@ def _set(cfg, dotted: str, value: Any, where: str) -> None:
 def validate_study(study: Study) -> None:
     if not study.grid:
         raise StudyError(f"study {study.name!r} has an empty grid")
+    if study.references is not None and not callable(study.references):
+        raise StudyError(f"study {study.name!r}: references={study.references!r} must be a function of the config")
     if study.budget.get("mode") not in BUDGET_MODES:
         raise StudyError(f"study {study.name!r}: budget.mode={study.budget.get('mode')!r} must be one of {list(BUDGET_MODES)}")
     if not study.seeds:
@@ -506,8 +512,13 @@ def run_study(study: Study, out: str | Path, *, collect_only: bool = False, repo
         for point, d in details.items():
             log(f"tuning: {point} -> {_combo_name(d['best'])}" + (" (at the grid edge)" if d["edge"] else ""))
     results = out / "results.jsonl"
-    _train_all(expand(study, out, chosen), results, study, collect_only, train_fn, log,
-               lambda r: (r["point"], r["seed"]), "run")
+    runs = expand(study, out, chosen)
+    if study.references is not None and not (out / "references.json").exists():
+        refs = study.references(runs[0].config)
+        write_json_atomic(out / "references.json", {"study": study.name, "references": refs}, indent=2)
+        log("references: " + ", ".join(f"{k} " + " ".join(f"{m}={v:.4f}" for m, v in r.items() if m != "how")
+                                        for k, r in refs.items()))
+    _train_all(runs, results, study, collect_only, train_fn, log, lambda r: (r["point"], r["seed"]), "run")
     if report and results.exists():
         from experiments.study.report import write_study_reports
 
