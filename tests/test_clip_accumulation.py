@@ -83,14 +83,18 @@ def test_gradcache_equals_the_whole_batch_in_loss_and_gradient(kind, fixed_t, su
 
 @pytest.mark.slow
 def test_train_step_accumulation_reports_the_whole_batch_loss_and_gradient_norm(devices):
+    """The real towers through the loop's train step, with a fixed temperature and sub-batches of 8 (so
+    micro-batches of 4 must not be the groups): A = 4 equals A = 1, and the fixed scale never moves."""
     got = {}
     for accum in (1, A):
         c = clip_shapes.get_config("smoke")  # batch 16
         c.optim.accum_steps = accum
+        c.clip.fixed_temperature, c.clip.loss_sub_batch = 0.2, 8
         s = loop.setup(c, devices[:1])
         with jax.set_mesh(s.mesh):
             state = loop.init_state(s)
             b = s.task.train_batch(0)
-            _, metrics = loop.jit_train_step(s, b)(state, loop.to_global(b, s.batch_shardings))
+            state, metrics = loop.jit_train_step(s, b)(state, loop.to_global(b, s.batch_shardings))
         got[accum] = [float(metrics[k]) for k in ("train/loss", "train/clip/batch_i2t_accuracy", "train/grad_norm")]
+        assert float(state["params"]["logit_scale"]) == np.float32(math.log(5.0))
     np.testing.assert_allclose(got[A], got[1], rtol=1e-5)
