@@ -22,7 +22,7 @@ dispatch (every route is computed) unless the arm says otherwise, no router z-lo
 so the held-out statistics are that layer's own: the previous design averaged two MoE layers,
 which can hide one collapsed layer behind a balanced one.
 
-Arms (each trained 200 steps, 5 seeds, the same batches per seed: paired):
+Arms (each trained 400 steps, 5 seeds, the same batches per seed: paired):
 - `no_loss`: no balancing loss (the baseline);
 - `loss_1e-3`, `loss_1e-2`, `loss_1e-1`: the Switch balancing loss pooled over the batch at three
   weights (a dose-response: `trend` over the weight);
@@ -44,7 +44,7 @@ per-sequence vs pooled loss and noise+loss vs loss at 1e-2; the dose-response sl
 loss weight; Holm over every test of every metric. Learning rate tuned per arm by the tuning
 stage over {1e-3, 3e-3, 1e-2} (100 steps, seed 0) on `eval/bpb`, the objective, not on the
 primary metric: tuning on balance would choose the rate that avoids collapse. (The noise arms'
-annealing spans the 200 main steps, so their 100-step tuning runs end at half the noise.)
+annealing spans the 400 main steps, so their 100-step tuning runs end at 3/4 of the noise.)
 Evaluations at steps 0, 5, 10, 20, 30, then every 50.
 
 Exploration before the design (seed 0, no balancing loss, lr 3e-3 unless said; held-out
@@ -61,15 +61,22 @@ step:entropy/starved experts; /tmp scripts, commands in the closing note of issu
 - the previous design's two MoE layers (ffn_every=1), 100 steps: layer means 100:0.66/5.2 (not
   collapsed), but per layer (training batch) the top layer has 8 of 16 experts starved and
   entropy 0.58 while the bottom one has 1 starved, 0.83: averaging layers hid a collapsed layer.
-So collapse needs no special condition here: the no-loss router collapses within 10 steps at
-every learning rate tried. Timing runs of the study's own configs (seed 0, lr 3e-3): no_loss
-200 steps 9.4 starved / entropy 0.57; loss_1e-2 0.1 / 0.94; expert_choice 0 / 1.0.
+So collapse needs no special condition here: the no-loss router collapses within 10-20 steps
+at every learning rate tried. Timing runs of the study's own configs (lr 3e-3, not tuned):
+at 200 steps, seed 0: no_loss 9.4 starved / entropy 0.57, loss_1e-2 0.1 / 0.94, expert_choice
+0 / 1.0, loss_seq_1e-2 (seeds 1-3) 0-0.1 / 0.95. At 300 steps no_loss seeds 1-3 collapse by
+step 10-20 (11-14 starved) and then partly recover: 7.6, 7.8 and 4.9 starved at step 300
+(entropy 0.58, 0.62, 0.72), just under the threshold for two of them; hence 400 steps, to see
+where it settles. `noise` alone at 400 steps, seeds 0-1: 8.5 and 8.8 starved at the end
+(entropy 0.54): still collapsed.
 
-Cost, measured on the shared 2-core VM (AMD EPYC, load average 10-12 from other jobs: wall
-times 2-2.5x the process CPU time): a main run of 200 steps takes 29-37 s of CPU (55-91 s wall
-under that load), a tuning run of 100 steps 27-29 s. 45 main + 27 tuning runs: about 37 minutes
-of CPU, so about 40 minutes on a quiet machine (and about 95 under the load measured).
-Resumable: interrupt and rerun the same command.
+Cost, measured on the shared 2-core VM (AMD EPYC, load average 9-12 from other jobs: wall
+times about 2.2x the process CPU time). The runner compiles once per arm (its seeds reuse the
+programs, trainer/loop.py reuse_programs): a 400-step main run takes 58 s of CPU for an arm's
+first seed and 29 s for each later one; a 100-step tuning run 27-31 s (each compiles: the
+learning rate is part of the program). 9 x (58 + 4 x 29) + 27 x 29 s = about 39 minutes of CPU:
+about 40 minutes on a quiet 2-core machine, about 90 under the load measured. Resumable:
+interrupt and rerun the same command.
 """
 from __future__ import annotations
 
@@ -82,7 +89,7 @@ from experiments.study.runner import Tuning
 from moe.health import COLLAPSE_ENTROPY, COLLAPSE_STARVED
 
 EXPERTS = 16
-STEPS = 200
+STEPS = 400
 LRS = [1e-3, 3e-3, 1e-2]
 TUNE_STEPS = 100
 EARLY_EVALS = (0, 5, 10, 20, 30)
