@@ -6,8 +6,6 @@ global devices: the data axis spans the processes, as it spans hosts on a pod.
 """
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -18,7 +16,6 @@ from trainer import launch
 from trainer.distributed import DistributedArgs, distributed_args
 from nn.errors import ConfigError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVERRIDES = {"mesh.shape.data": 2, "mesh.shape.fsdp": 4, "train.num_steps": 10, "train.log_every": 1,
              "train.eval_every": 5, "train.checkpoint_every": 5}
 
@@ -75,15 +72,7 @@ def test_two_processes_train_resume_and_match_one_process(tmp_path, devices):
         # equal to float32 reduction-order tolerance, not bit for bit.
         np.testing.assert_allclose([v for _, v in a], [v for _, v in b], rtol=1e-5, err_msg=key)
 
-    # Determinism: a fresh process with the same config and seed gives bit-identical metrics.
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "CI": "1"}
-    again = tmp_path / "one_process_again"
-    out = subprocess.run([sys.executable, "train.py", *cli_args(again)], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=240)
-    assert out.returncode == 0, out.stderr[-3000:]
-    strip = lambda recs: [{k: v for k, v in r.items() if k not in ("train/tokens_per_s", "train/mfu")}  # noqa: E731
-                          for r in recs]  # timings
-    assert strip(records(again)) == strip(records(ref))
+    # (That a fresh process gives bit-identical metrics is test_train.py::test_resume_in_fresh_process_is_bit_exact.)
 
 
 def test_distributed_args_from_flags_env_and_clusters():
