@@ -572,9 +572,8 @@ def test_collapse_smoke_study_evaluates_from_step_0_and_writes_collapse_md(tmp_p
     assert all([c["step"] for c in r["curve"]] == [0, 3] for r in records)  # the initialisation is evaluated
     assert all(0 < c["eval/moe/load_entropy"] <= 1 + 1e-6 and 0 <= c["eval/moe/starved_experts"] <= 4
                for r in records for c in r["curve"])
-    assert all(r["tuned"] == {"optim.learning_rate": 3e-3} for r in records)
     report = (tmp_path / "report.md").read_text()
-    assert "primary metric `eval/moe/starved_experts`" in report and "best final `eval/bpb`" in report
+    assert "primary metric `eval/moe/starved_experts`" in report and "lower is better" in report
     assert mc.main([str(tmp_path)]) == 0
     md = (tmp_path / "collapse.md").read_text()
     assert "| `no_loss` | 2 |" in md and "| `loss_seq_1e-2` | 2 |" in md
