@@ -24,9 +24,10 @@ Cost (20 main + 16 tuning runs), measured as in clip_negatives.py (CPU seconds o
 2-core VM): a step costs ~0.32 s at batch 256 and ~0.033 s at batch 32 (300 steps of 32: 38.0 s
 whole run), about linear in the batch: ~0.59 s for one step of each of the four batches. Tuning
 16 x 24 + 4 x 250 x 0.59 ~ 980 s, main runs 4 x (24 + 4 x 5) + 5 x 500 x 0.59 ~ 1,650 s: about
-45 minutes with the compilation cache. Pilot (seed 0, batch 32, rate 2e-3, a 300-step schedule):
-held-out shape top-1 0.198 at step 200 and 0.281 at 300: batch 32 needs the 500 steps to get clearly
-above chance (chance 0.167).
+45 minutes. Pilots (seed 0, untuned): batch 32, rate 2e-3, 500 steps:
+held-out shape top-1 0.361 (seen 0.691), 40.2 CPU s; batch 256, rate 4e-3, 200 steps (as
+clip_negatives.py): 0.365. On a 300-step schedule batch 32 was at 0.198 at step 200 and 0.281 at
+300: the 500 steps are what gets the smallest batch clearly above chance (0.167).
 Resumable: rerun the same command.
 """
 from __future__ import annotations

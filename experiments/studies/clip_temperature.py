@@ -19,9 +19,8 @@ whole-batch point), softmax loss, 5 seeds, learning rate tuned per arm over the 
 horizon as clip_negatives.py, one evaluation at the end. Setting as clip_negatives.py (`TINY`).
 
 Cost (20 main + 12 tuning runs), measured as in clip_negatives.py (a batch-256 step 0.32 CPU
-seconds, ~24 s per run that compiles a new train step, ~5 s per run that finds it cached): tuning
-12 x (24 + 32) ~ 670 s, main runs 4 x (24 + 64 + 4 x 69) ~ 1,460 s: about 36 minutes with the
-compilation cache. Resumable: rerun the same command.
+seconds, ~24 s per run that compiles a new train step, ~5 s per later seed of an arm): tuning
+12 x (24 + 32) ~ 670 s, main runs 4 x (24 + 64 + 4 x 69) ~ 1,460 s: about 36 minutes. Resumable: rerun the same command.
 """
 from __future__ import annotations
 
