@@ -95,6 +95,7 @@ def test_goodput_and_latency_with_a_preemption_by_hand():
     assert r["goodput_time"] == 1.0 and r["goodput_compute"] == 1.0
 
 
+@pytest.mark.slow  # ~6 s of CPU (matplotlib, two figures); the old smoke test with the decode timing took 23 s
 def test_study_smoke_writes_report_and_plots(tmp_path):
     from benchmarks import kv_fragmentation
 
