@@ -1,6 +1,6 @@
 """KV-cache study: contiguous vs paged KV memory on mixed-length traffic, with goodput and latency.
 
-    python -m benchmarks.kv_fragmentation                 # ~4 minutes on 2 CPU cores (simulation + decode timing)
+    python -m benchmarks.kv_fragmentation                 # ~8 minutes on the loaded 2-core VM (2.5 min CPU simulating)
     python -m benchmarks.kv_fragmentation --smoke --no_throughput --out /tmp/kv_frag   # seconds (the tests)
 
 The scenario: a saturated queue of requests whose final lengths lie in
