@@ -515,15 +515,64 @@ def test_experts_not_divisible_by_expert_axis(devices):
 
 def test_moe_vs_dense_study_matches_flops_and_params(tmp_path):
     from experiments.study import expand, load_study
+    from experiments.studies import moe_vs_dense as mvd
     from models.flops import train_flops_per_token
 
-    runs = {r.point: r for r in expand(load_study("experiments/studies/moe_vs_dense.py"), tmp_path) if r.seed == 0}
+    study = load_study("experiments/studies/moe_vs_dense.py")
+    assert len(study.seeds) >= 5 and study.primary == "eval/bpb" and study.tuning.metric == "eval/bpb"
+    assert study.tuning.grid == {"optim.learning_rate": mvd.LRS}
+    study.seeds = study.seeds[:1]  # one config per arm is enough here
+    runs = {r.point: r for r in expand(study, tmp_path)}
+    assert list(runs) == ["moe", "dense_flops", "dense_params"]
+    assert all(r.config.data.corpus == "stdlib" and r.config.data.tokenizer == "bpe:1024" for r in runs.values())
+    moe = runs["moe"].config.model.moe
+    assert (moe.num_experts, moe.top_k, moe.dispatch, moe.balance_weight) == (mvd.E, 2, "dropless", 0.01)
     fpt = {p: train_flops_per_token(r.config.model, r.config.data.seq_len) for p, r in runs.items()}
     params = {p: param_count(r.config.model) for p, r in runs.items()}
     assert fpt["moe"] == pytest.approx(fpt["dense_flops"], rel=0.01)
     assert params["moe"] == pytest.approx(params["dense_params"], rel=0.01)
-    assert params["moe"] > 2 * params["dense_flops"] and fpt["dense_params"] > 2 * fpt["moe"]
+    # The FFN ratios are E/2 = 4; the embedding and attention (the same in every arm) shrink them in total.
+    assert params["moe"] > 1.8 * params["dense_flops"] and fpt["dense_params"] > 1.6 * fpt["moe"]
     assert len({r.steps for r in runs.values()}) == 1  # the same tokens for every arm
+    assert all(r.steps * 2048 == mvd.TOKENS for r in runs.values())
+
+
+# Held-out bpb at steps 1-4 per (arm, seed) and wall seconds per run, for the crossing analysis.
+_CURVES = {("moe", 0): [2.9, 2.8, 2.7, 2.6], ("moe", 1): [2.9, 2.8, 2.7, 2.6],
+           ("dense_params", 0): [3.0, 2.9, 2.6, 2.5],   # below from step 3 on
+           ("dense_params", 1): [3.0, 2.5, 2.9, 2.3],   # below at 2, above at 3, below at 4
+           ("dense_flops", 0): [3.1, 3.0, 2.9, 2.8], ("dense_flops", 1): [3.1, 3.0, 2.9, 2.8]}
+_WALL = {("moe", 0): 8.0, ("moe", 1): 4.0, ("dense_params", 0): 12.0, ("dense_params", 1): 8.0,
+         ("dense_flops", 0): 4.0, ("dense_flops", 1): 4.0}
+
+
+def test_moe_vs_dense_smoke_study_writes_the_crossing(tmp_path, capsys):
+    """The smoke study through the runner (a fake train function: no compilation), then crossing.md."""
+    from experiments.study import expand, load_study, run_study
+    from experiments.studies import moe_vs_dense as mvd
+
+    study = load_study("experiments/studies/moe_vs_dense.py:smoke")
+    assert [r.point for r in expand(study, tmp_path / "x")] == [a for a in mvd.ARMS for _ in (0, 1)]
+
+    def train(cfg, workdir):
+        point = "moe" if cfg.model.ffn == "moe" else ("dense_flops" if cfg.model.d_ff == 64 else "dense_params")
+        curve = [{"step": s + 1, "eval/bpb": v, "eval/loss": v} for s, v in enumerate(_CURVES[point, cfg.seed])]
+        fpt = {"moe": 100.0, "dense_flops": 100.0, "dense_params": 250.0}[point]
+        return {"steps": 4, "tokens": 4 * 256, "params": 1, "flops_per_token": fpt, "train_flops": fpt * 4 * 256,
+                "wall_time_s": _WALL[point, cfg.seed], "final": curve[-1], "best": curve[-1], "curve": curve}
+
+    run_study(study, tmp_path, train_fn=train, log=lambda *_: None, report=False)
+    assert mvd.main([str(tmp_path)]) == 0
+    md = (tmp_path / "crossing.md").read_text()
+    # seed 0: below from step 3 on; seed 1: below at 2, above at 3, below for good from 4; tokens 256 per step;
+    # FLOPs 250 vs 100 per token; wall s/step: dense_params 3 and 2 (median 2.5), moe 2 and 1 (median 1.5).
+    assert "| 0 | 3 | 3 | 768 | 1.92e+05 | 7.68e+04 | 9 | 6 | -0.1000 |" in md
+    assert "| 1 | 2 | 4 | 1.02e+03 | 2.56e+05 | 1.02e+05 | 8 | 4 | -0.3000 |" in md
+    # The seed means: 2.7 < 2.8 at step 2, 2.75 > 2.7 at 3, 2.4 < 2.6 at 4.
+    assert "| pooled (mean curves) | 2 | 4 | 1.02e+03 | 2.56e+05 | 1.02e+05 | 10 | 6 |  |" in md
+    assert "in 2 of 2 seeds, and from some evaluation to the end in 2." in md and "| `dense_params` | 2 | n/a | 256 | 6.4e+04 | 2.500 | 8 12 |" in md
+    assert "| 4 | 1.02e+03 | 1.02e+05 | 6 | 2.4000 | 2.6000 | -0.2000 |" in md
+    assert mvd.main([str(tmp_path / "none")]) == 2 and "run the study first" in capsys.readouterr().err
 
 
 def test_collapse_study_expands_every_arm_and_counts_collapsed_seeds(tmp_path):
