@@ -24,7 +24,8 @@ def _flops_budget_runs(spec: str, steps_of_first: float, tmp_path):
     first = expand(study, tmp_path)[0].config
     task = get_task(first.task)
     per_step = task.train_flops_per_token_of(first) * task.tokens_per_step_of(first)
-    study = dataclasses.replace(study, budget={"mode": "flops", "value": steps_of_first * per_step})
+    study = dataclasses.replace(study, budget={"mode": "flops", "value": steps_of_first * per_step}, budgets=None,
+                                cells=None)
     return study, expand(study, tmp_path)
 
 
@@ -60,7 +61,7 @@ def test_the_built_task_reports_the_config_counts():
 def test_lm_flops_budget_uses_the_lm_tasks_own_count(tmp_path):
     from models.flops import train_flops_per_token
 
-    study, runs = _flops_budget_runs("experiments/studies/lm_scaling.py:smoke", 20.5, tmp_path)
+    study, runs = _flops_budget_runs("experiments/studies/lm_isoflop.py:smoke", 20.5, tmp_path)
     for run in runs:
         c = run.config
         assert LMTask.tokens_per_step_of(c) == c.data.batch_size * c.data.seq_len

@@ -81,7 +81,7 @@ def test_train_cli_config_file_with_a_syntax_error(tmp_path, capsys, cwd_is_empt
 @pytest.mark.parametrize("args, match", [
     (["experiments/studies/nope.py", "--out", "O"], "study file 'experiments/studies/nope.py' does not exist"),
     (["nope", "--out", "O"], "neither a file nor experiments/studies/nope.py"),
-    (["experiments/studies/lm_scaling.py:smoek", "--out", "O"], "did you mean 'smoke'?"),
+    (["experiments/studies/lm_isoflop.py:smoek", "--out", "O"], "did you mean 'smoke'?"),
 ])
 def test_study_cli_bad_input(args, match, capsys, cwd_is_empty):
     _one_line_error(capsys, runner.main(args), match)
@@ -90,7 +90,7 @@ def test_study_cli_bad_input(args, match, capsys, cwd_is_empty):
 def test_study_cli_out_is_an_existing_file(tmp_path, capsys):
     out = tmp_path / "results.txt"
     out.write_text("keep me")
-    _one_line_error(capsys, runner.main(["experiments/studies/lm_scaling.py:smoke", "--out", str(out)]),
+    _one_line_error(capsys, runner.main(["experiments/studies/lm_isoflop.py:smoke", "--out", str(out)]),
                     "is an existing file, not a results folder")
     assert out.read_text() == "keep me"
 

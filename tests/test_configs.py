@@ -95,7 +95,7 @@ def test_listops_variants_come_from_the_attention_registry():
 def test_files_are_found():
     assert {"experiments/configs/lm_tiny.py", "experiments/configs/moe_lm.py", "experiments/configs/listops.py",
             "experiments/configs/clip_shapes.py"} <= set(CONFIGS)
-    assert "experiments/studies/lm_scaling.py" in STUDIES and len(STUDIES) >= 5
+    assert "experiments/studies/lm_isoflop.py" in STUDIES and len(STUDIES) >= 5
 
 
 @pytest.mark.parametrize("path", CONFIGS)
@@ -132,5 +132,5 @@ def test_cli_reports_a_bad_config_arg_in_one_line_with_status_2(tmp_path):
 def test_study_cli_reports_a_bad_study_arg(tmp_path, capsys):
     from experiments.study.runner import main
 
-    assert main(["experiments/studies/lm_scaling.py:smoek", "--out", str(tmp_path / "out")]) == 2
-    assert "error: experiments/studies/lm_scaling.py:smoek: unknown argument 'smoek'" in capsys.readouterr().err
+    assert main(["experiments/studies/lm_isoflop.py:smoek", "--out", str(tmp_path / "out")]) == 2
+    assert "error: experiments/studies/lm_isoflop.py:smoek: unknown argument 'smoek'" in capsys.readouterr().err

@@ -10,14 +10,35 @@ from experiments.study.results import load_results
 from experiments.study import Study, StudyError, expand, load_study, run_study, validate_study
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMOKE = "experiments/studies/lm_scaling.py:smoke"
+# A small LM study for the runner's own tests (lm_tiny's embedded data, three sizes, two seeds).
+SMALL_STUDY = """from experiments.study import Study
+
+
+def size(d, layers, heads):
+    return {"model.d_model": d, "model.n_layers": layers, "model.n_heads": heads, "model.n_kv_heads": heads,
+            "model.d_ff": 4 * d}
+
+
+def get_study(arg=None):
+    return Study(name="small", config="experiments/configs/lm_tiny.py:smoke",
+                 grid=[size(16, 1, 1), size(32, 1, 1), size(48, 2, 2)], names=["d16L1", "d32L1", "d48L2"],
+                 seeds=[0, 1], budget={"mode": "flops", "value": 4e9},
+                 overrides={"train.tensorboard": False, "sample.num_tokens": 0, "data.seq_len": 32,
+                            "data.batch_size": 8, "data.eval_batches": 2}, evals_per_run=3)
+"""
+
+
+def small_study_file(tmp_path) -> str:
+    path = tmp_path / "small_study.py"
+    path.write_text(SMALL_STUDY)
+    return str(path)
 
 
 @pytest.mark.slow
 def test_interrupted_run_resumes_from_its_checkpoint(tmp_path):
     from trainer import loop
 
-    study = load_study(SMOKE)
+    study = load_study(small_study_file(tmp_path))
     study.grid, study.names, study.baseline = study.grid[:1], study.names[:1], None
     out = tmp_path / "study"
     run = expand(study, out)[0]
@@ -34,11 +55,12 @@ def test_interrupted_run_resumes_from_its_checkpoint(tmp_path):
 
 @pytest.mark.slow
 def test_print_commands_lists_one_train_command_per_run(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "experiments.study", SMOKE, "--out", str(tmp_path),
+    spec = small_study_file(tmp_path)
+    out = subprocess.run([sys.executable, "-m", "experiments.study", spec, "--out", str(tmp_path / "out"),
                           "--print-commands"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     cmds = out.stdout.strip().splitlines()
-    study = load_study(SMOKE)
+    study = load_study(spec)
     assert len(cmds) == len(study.grid) * len(study.seeds)
     assert all("train.py --config experiments/configs/lm_tiny.py --workdir" in c and "--config.train.num_steps=" in c
                for c in cmds)
