@@ -20,7 +20,7 @@ def size(d, layers, heads):
 
 
 def get_study(arg=None):
-    return Study(name="small", config="experiments/configs/lm_tiny.py:smoke",
+    return Study(name="small", config="experiments/configs/lm_tiny.py",
                  grid=[size(16, 1, 1), size(32, 1, 1), size(48, 2, 2)], names=["d16L1", "d32L1", "d48L2"],
                  seeds=[0, 1], budget={"mode": "flops", "value": 4e9},
                  overrides={"train.tensorboard": False, "sample.num_tokens": 0, "data.seq_len": 32,
