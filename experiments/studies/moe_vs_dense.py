@@ -75,6 +75,7 @@ from pathlib import Path
 
 from experiments.configs.defaults import parse_arg
 from experiments.study import Study
+from experiments.study.results import results_dir_cli
 from experiments.study.runner import Tuning
 
 VOCAB = 1024
@@ -287,18 +288,7 @@ def write_crossing_report(results_dir) -> Path:
 
 
 def main(argv=None) -> int:
-    from nn.errors import InputError
-
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m experiments.studies.moe_vs_dense RESULTS_DIR", file=sys.stderr)
-        return 2
-    try:
-        print(write_crossing_report(argv[0]))
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return results_dir_cli(argv, "experiments.studies.moe_vs_dense", write_crossing_report)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import os
 import warnings
 from pathlib import Path
 
-__all__ = ["REQUIRED_KEYS", "append_result", "load_results"]
+__all__ = ["REQUIRED_KEYS", "append_result", "load_results", "results_dir_cli"]
 
 REQUIRED_KEYS = ("point", "seed", "final")
 
@@ -95,3 +95,21 @@ def load_results(path, return_errors: bool = False):
     if return_errors:
         return records, errors
     return records
+
+
+def results_dir_cli(argv, prog: str, write) -> int:
+    """`python -m PROG RESULTS_DIR`: print `write(RESULTS_DIR)`; bad input is one line on stderr and exit 2."""
+    import sys
+
+    from nn.errors import InputError
+
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print(f"usage: python -m {prog} RESULTS_DIR", file=sys.stderr)
+        return 2
+    try:
+        print(write(argv[0]))
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
