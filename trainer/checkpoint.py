@@ -106,8 +106,22 @@ def check_compatible(saved_cfg: dict, current_cfg: dict, workdir: str, fields=ID
             )
 
 
+def _one_writer_per_array_in_one_process() -> None:
+    """In a single process, save each replicated array from one device, not a slice from each replica.
+
+    Orbax's replica-parallel saving (its default off GPU) has every replica of a replicated array
+    write a slice of it: across hosts that spreads the writes, but within one process all replicas
+    are on the same host, so it only adds one eager device slice per array and replica (8 fake CPU
+    devices: about 0.6 s of CPU per save of a small model). The files written are the same.
+    """
+    if jax.process_count() == 1:
+        ocp.type_handlers.register_type_handler(
+            jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+
+
 class Checkpointer:
     def __init__(self, workdir: str, keep: int, async_save: bool = True):
+        _one_writer_per_array_in_one_process()
         self.path = workdir_path(workdir) / "checkpoints"  # local (made absolute) or any epath, e.g. gs://
         self.directory = str(self.path)
         self.manager = ocp.CheckpointManager(

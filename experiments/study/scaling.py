@@ -187,17 +187,25 @@ def _lse_terms(theta, logN, logD):
 
 
 def _objective(theta, logN, logD, logL, delta):
-    pred, w = _lse_terms(theta, logN, logD)
-    r = pred - logL
+    # _lse_terms written out with one array per term: the optimiser calls this ~1e5 times per report
+    # on ~60 points, where numpy's per-call overhead, not arithmetic, is the cost (half the time of the
+    # stacked form, same values to ~1e-13 relative).
+    a, b, e, alpha, beta = theta
+    t0 = a - alpha * logN
+    t1 = b - beta * logD
+    m = np.maximum(np.maximum(t0, t1), e)
+    w0, w1, w2 = np.exp(t0 - m), np.exp(t1 - m), np.exp(e - m)
+    s = w0 + w1 + w2
+    r = m + np.log(s) - logL
     ar = np.abs(r)
     quad = ar <= delta
     # Mean Huber loss scaled by 1/delta^2, so that values are O(1) and the optimiser's relative
     # tolerance means what it says (unscaled, the loss is ~1e-6 and L-BFGS-B stops early).
     n = r.size * delta * delta
     val = np.where(quad, 0.5 * r * r, delta * (ar - 0.5 * delta)).sum() / n
-    dr = np.where(quad, r, delta * np.sign(r)) / n
-    grad = np.array([np.sum(dr * w[0]), np.sum(dr * w[1]), np.sum(dr * w[2]),
-                     -np.sum(dr * w[0] * logN), -np.sum(dr * w[1] * logD)])
+    g = np.where(quad, r, delta * np.sign(r)) / (n * s)  # d val / d pred, times the softmax denominator
+    u0, u1 = g * w0, g * w1
+    grad = np.array([u0.sum(), u1.sum(), g @ w2, -(u0 @ logN), -(u1 @ logD)])
     return float(val), grad
 
 
