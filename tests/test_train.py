@@ -222,7 +222,11 @@ def test_resumed_run_summary_keeps_earlier_evaluations(smoke_run, tmp_path, devi
 
 @pytest.mark.slow
 def test_seeds_share_compiled_programs_only_inside_reuse_programs(devices):
-    """A study's seeds reuse the jitted init/train/eval programs; any other config change gets its own."""
+    """A study's seeds, rates and budgets reuse the jitted programs; a change the program bakes in does not.
+
+    The schedule's numbers are train-step inputs: a run that borrows another's program still trains
+    with its own learning rate, bit for bit as with a program compiled for itself.
+    """
     def setups(**kw):
         out = []
         for seed in (0, 1):
@@ -232,17 +236,23 @@ def test_seeds_share_compiled_programs_only_inside_reuse_programs(devices):
             out.append(loop.setup(c, devices))
         return out
 
-    (a0, a1), (b0, _) = setups(), setups(learning_rate=0.5)
+    (a0, a1), (b0, _), (c0, _) = setups(), setups(learning_rate=0.5, warmup_steps=0), setups(b1=0.5)
     batch = a0.task.train_batch(0)
-    assert loop.jit_train_step(a0, batch) is not loop.jit_train_step(a1, batch)  # outside: nothing shared
+    step = loop.jit_train_step
+    assert step(a0, batch).jitted is not step(a1, batch).jitted  # outside: nothing shared
     with loop.reuse_programs():
-        assert loop.jit_train_step(a0, batch) is loop.jit_train_step(a1, batch)
+        assert step(a0, batch).jitted is step(a1, batch).jitted is step(b0, batch).jitted
         assert loop.jit_eval_step(a0) is loop.jit_eval_step(a1)
-        assert loop.jit_train_step(b0, batch) is not loop.jit_train_step(a0, batch)
+        assert step(c0, batch).jitted is not step(a0, batch).jitted  # Adam's b1 is a compiled constant
         with jax.set_mesh(a1.mesh):
             shared = loop.init_state(a0), loop.init_state(a1)  # one compiled init, two seeds
+            borrowed = step(b0, batch)(loop.init_state(b0), batch)  # b0's rate in a0's program
     with jax.set_mesh(a1.mesh):
         own = loop.init_state(a1)
+        alone = step(b0, batch)(loop.init_state(b0), batch)
+    assert float(borrowed[1]["train/lr"]) == float(alone[1]["train/lr"]) == np.float32(0.5)
+    for x, y in zip(jax.tree.leaves(borrowed[0]["params"]), jax.tree.leaves(alone[0]["params"])):
+        np.testing.assert_array_equal(x, y)
     leaves = [jax.tree.leaves(x["params"]) for x in (*shared, own)]
     assert any(not np.array_equal(x, y) for x, y in zip(leaves[0], leaves[1]))  # seeds 0 and 1 differ
     assert all(np.array_equal(x, y) for x, y in zip(leaves[1], leaves[2]))  # seed 1 as if compiled for itself

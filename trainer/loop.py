@@ -39,7 +39,7 @@ from trainer import mfu, nan_guard, norms
 from trainer.checkpoint import Checkpointer, check_compatible
 from trainer.metrics import higher_is_better
 from trainer.nan_guard import NanMonitor, NonFiniteError
-from trainer.optim import make_optimizer, validate_optim_config
+from trainer.optim import make_optimizer, schedule_values, validate_optim_config
 from trainer.paths import read_json, workdir_path, write_json_atomic
 from trainer.profiling import StepProfiler, profile_window
 from trainer.preemption import Preempted, PreemptionWatcher
@@ -64,8 +64,9 @@ class Setup:
     param_shardings: Any
     state_shardings: Any
     batch_shardings: dict
-    tx: optax.GradientTransformation
+    tx: optax.GradientTransformation     # with the config's schedule numbers: for init and shapes
     schedule: optax.Schedule
+    schedule_values: dict                # the train step's `hparams` (trainer/optim.py schedule_values)
     nan_policy: str = "raise"
     nan_injection: tuple[int, int] | None = None  # test-only (trainer/nan_guard.py)
 
@@ -136,15 +137,19 @@ def config_to_dict(config) -> dict:
 # The train step: pure, jitted once with explicit shardings and donated state
 # --------------------------------------------------------------------------
 
-def train_step(state: dict, batch: dict, *, graphdef, task, tx, schedule, accum_steps: int, rules,
+def train_step(state: dict, batch: dict, hparams: dict, *, graphdef, task, make_tx, accum_steps: int, rules,
                nan_policy: str = "raise", nan_injection=None, log_norms: bool = False):
-    """(state, batch) -> (state, metrics). Metrics are scalars, namespaced `train/...`.
+    """(state, batch, hparams) -> (state, metrics). Metrics are scalars, namespaced `train/...`.
+
+    `hparams` are the optimizer's numbers (trainer/optim.py schedule_values) as traced scalars;
+    `make_tx(hparams)` builds the optimizer from them, so they are inputs, not compiled constants.
 
     Two `nan_guard/...` entries flag a non-finite loss or gradient (the loop
     takes them out); under nan_policy="skip" such a step leaves parameters
     and optimizer state as they were.
     """
     with logical_rules(rules):
+        tx, schedule = make_tx(hparams)
         rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
 
         def loss_fn(params, micro, r):
@@ -217,7 +222,8 @@ def setup(config, devices=None) -> Setup:
     except ValueError as e:
         raise MeshError(f"mesh.rules={config.mesh.rules!r}: {e}") from None
 
-    tx, schedule = make_optimizer(config.optim, int(config.train.num_steps))
+    values = schedule_values(config.optim, int(config.train.num_steps))
+    tx, schedule = make_optimizer(config.optim, int(config.train.num_steps), values)
     replicated = NamedSharding(mesh, P())
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
     # Optimizer moments shard like their parameters; counters are replicated.
@@ -230,7 +236,7 @@ def setup(config, devices=None) -> Setup:
     batch_shardings = {k: NamedSharding(mesh, logical_to_spec(v, rules)) for k, v in task.batch_axes().items()}
     nan_policy, nan_injection = nan_guard.validate(config.train, abstract_params)
     return Setup(config, mesh, rules, task, graphdef, abstract_params, param_shardings, state_shardings,
-                 batch_shardings, tx, schedule, nan_policy=nan_policy, nan_injection=nan_injection)
+                 batch_shardings, tx, schedule, values, nan_policy=nan_policy, nan_injection=nan_injection)
 
 
 def abstract_state(s: Setup) -> dict:
@@ -244,7 +250,9 @@ def abstract_state(s: Setup) -> dict:
     return jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), shapes, s.state_shardings)
 
 
-# Runs whose configs differ only in `seed` (a study's seeds) compile the same programs: inside
+# Runs whose configs differ only in `seed`, in the optimizer's numbers (traced `hparams` of the
+# train step) or in host-side loop settings (a study's seeds, tuning rates and budgets) compile the
+# same programs: inside
 # `reuse_programs()` they share their jitted init, train and eval functions, so a seed after the first
 # skips tracing, lowering and compiling. Keyed by the whole config but the seed, and the mesh's devices.
 _programs: collections.OrderedDict | None = None
@@ -263,11 +271,21 @@ def reuse_programs():
         _programs = outer
 
 
+# Config fields that no program depends on: the seed and the schedule numbers are program inputs,
+# the rest only steer the host loop. Everything else (model, data shapes, optimizer kind, betas,
+# clipping, accumulation, NaN policy, ...) is part of the key.
+_NOT_IN_PROGRAMS = {"": ("seed",), "optim": ("learning_rate", "warmup_steps", "min_lr_ratio", "decay_fraction",
+                                              "weight_decay"),
+                    "train": ("num_steps", "stop_at", "log_every", "eval_every", "checkpoint_every")}
+
+
 def _program(s: Setup, name: str, build, *extra):
     if _programs is None:
         return build()
     cfg = config_to_dict(s.config)
-    cfg.pop("seed", None)
+    for section, fields in _NOT_IN_PROGRAMS.items():
+        for f in fields:
+            (cfg.get(section, {}) if section else cfg).pop(f, None)
     key = json.dumps([name, cfg, [int(d.id) for d in s.mesh.devices.flat], dict(s.mesh.shape), extra],
                      sort_keys=True, default=str)
     fn = _programs.get(key)
@@ -295,16 +313,33 @@ def init_state(s: Setup) -> dict:
 
 
 def jit_train_step(s: Setup, example_batch: dict):
-    """`train_step` jitted once: explicit in/out shardings, state donated."""
-    return _program(s, "train", lambda: jax.jit(
-        functools.partial(train_step, graphdef=s.graphdef, task=s.task, tx=s.tx, schedule=s.schedule,
+    """`train_step` jitted once (explicit in/out shardings, state donated), as (state, batch) -> ...
+
+    with this run's optimizer numbers bound as the (replicated, float32) `hparams` input.
+    """
+    optim_cfg, num_steps = s.config.optim, int(s.config.train.num_steps)
+    fn = _program(s, "train", lambda: jax.jit(
+        functools.partial(train_step, graphdef=s.graphdef, task=s.task,
+                          make_tx=lambda h: make_optimizer(optim_cfg, num_steps, h),
                           accum_steps=int(s.config.optim.accum_steps), rules=s.rules,
                           nan_policy=s.nan_policy, nan_injection=s.nan_injection,
                           log_norms=bool(s.config.train.get("log_norms", False))),
-        in_shardings=(s.state_shardings, {k: s.batch_shardings[k] for k in example_batch}),
+        in_shardings=(s.state_shardings, {k: s.batch_shardings[k] for k in example_batch},
+                      NamedSharding(s.mesh, P())),
         out_shardings=(s.state_shardings, None),
         donate_argnums=0,
     ), sorted(example_batch))
+    return TrainStep(fn, {k: np.float32(v) for k, v in s.schedule_values.items()})
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainStep:
+    """A jitted train step (possibly shared by several runs) with one run's optimizer numbers bound."""
+    jitted: Any
+    hparams: dict
+
+    def __call__(self, state, batch):
+        return self.jitted(state, batch, self.hparams)
 
 
 def jit_eval_step(s: Setup):
