@@ -41,40 +41,6 @@ def launch_ok(args, tmp_path, name):
     return r
 
 
-@pytest.mark.slow
-def test_two_processes_train_resume_and_match_one_process(tmp_path, devices):
-    """5 steps on 2 processes, checkpoint, a new 2-process launch for 5 more == one process on 8 devices."""
-    mp = tmp_path / "two_processes"
-    first = launch_ok(cli_args(mp, **{"train.stop_at": 5}), tmp_path, "launch1")
-    assert "process 1 of 2 joined" in first.outputs[1] and "8 global devices" in first.outputs[1]
-    assert sorted(os.listdir(mp / "checkpoints")) == ["5"]
-    second = launch_ok(cli_args(mp), tmp_path, "launch2")
-    assert "at step 5" in second.outputs[0]
-    assert "done: 10 steps" in second.outputs[0] and "done:" not in second.outputs[1]  # only process 0 talks
-
-    # Reference: the same config in this process over its 8 devices.
-    cfg = lm_tiny.get_config("smoke")
-    for k, v in OVERRIDES.items():
-        section, *rest = k.split(".")
-        node = cfg[section]
-        for r in rest[:-1]:
-            node = node[r]
-        node[rest[-1]] = v
-    ref = tmp_path / "one_process"
-    loop.train_and_evaluate(cfg, str(ref), devices)
-
-    # Only process 0 wrote metrics: every step exactly once, across both launches.
-    assert [s for s, _ in curve(mp, "train/loss")] == list(range(1, 11))
-    for key in ("train/loss", "train/grad_norm", "eval/loss"):
-        a, b = curve(mp, key), curve(ref, key)
-        assert [s for s, _ in a] == [s for s, _ in b]
-        # The cross-process all-reduce (gloo) sums in another order than the in-process one:
-        # equal to float32 reduction-order tolerance, not bit for bit.
-        np.testing.assert_allclose([v for _, v in a], [v for _, v in b], rtol=1e-5, err_msg=key)
-
-    # (That a fresh process gives bit-identical metrics is test_train.py::test_resume_in_fresh_process_is_bit_exact.)
-
-
 def test_distributed_args_from_flags_env_and_clusters():
     assert distributed_args(None, None, None, {}) is None
     assert distributed_args("10.0.0.1:1234", 4, 3, {}) == DistributedArgs("10.0.0.1:1234", 4, 3, "flags")
@@ -100,28 +66,63 @@ def test_distributed_args_from_flags_env_and_clusters():
 
 
 @pytest.mark.slow
-def test_sigterm_to_one_process_stops_all_at_the_same_step(tmp_path):
-    """The notice reaches process 1 only; JAX's preemption sync point makes both save step n and exit 0."""
+def test_sigterm_to_one_process_stops_both_then_they_resume_and_match_one_process(tmp_path, devices):
+    """The notice reaches process 1 only; JAX's preemption sync point makes both save step n and exit 0.
+
+    A new 2-process launch restores step n and trains 5 more steps: every metric equals one process
+    training the same config on the same 8 devices (to float32 reduction-order tolerance).
+    """
     import signal
     import time
 
-    wd = tmp_path / "run"
-    args = cli_args(wd, **{"train.num_steps": 300, "train.eval_every": 1000, "train.checkpoint_every": 1000,
-                           "train.tensorboard": False, "sample.num_tokens": 0})
-    procs = launch.start(args, num_processes=2, devices_per_process=4, logdir=str(tmp_path / "logs"))
+    mp = tmp_path / "two_processes"
+    # Long enough that the notice lands mid-run; the relaunch stops 5 steps after the save (train.stop_at:
+    # the schedule still spans num_steps).
+    run = {"train.num_steps": 300, "train.eval_every": 1000, "train.checkpoint_every": 1000,
+           "train.tensorboard": False, "sample.num_tokens": 0}
+    procs = launch.start(cli_args(mp, **run), num_processes=2, devices_per_process=4,
+                         logdir=str(tmp_path / "launch1"))
     try:
         deadline = time.monotonic() + 240
-        metrics = wd / "metrics.jsonl"
+        metrics = mp / "metrics.jsonl"
         while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
             assert all(p.poll() is None for p in procs) and time.monotonic() < deadline, "no step 3"
             time.sleep(0.01)
         procs[1].send_signal(signal.SIGTERM)
     finally:
         codes, timed_out = launch.wait(procs, timeout=240)
-    logs = [(tmp_path / "logs" / f"process_{i}.log").read_text() for i in range(2)]
+    logs = [(tmp_path / "launch1" / f"process_{i}.log").read_text() for i in range(2)]
     assert codes == [0, 0] and not timed_out, "\n----\n".join(x[-3000:] for x in logs)
+    assert "process 1 of 2 joined" in logs[1] and "8 global devices" in logs[1]
     last = [line for line in logs[0].splitlines() if line.startswith("preempted: ")]
     assert len(last) == 1, logs[0][-3000:]
     n = int(last[0].split("at step ")[1].split()[0])
-    assert os.listdir(wd / "checkpoints") == [str(n)]
-    assert max(s for s, _ in curve(wd, "train/loss")) == n
+    assert os.listdir(mp / "checkpoints") == [str(n)]
+    assert max(s for s, _ in curve(mp, "train/loss")) == n
+
+    run["train.stop_at"] = n + 5
+    second = launch_ok(cli_args(mp, **run), tmp_path, "launch2")
+    assert f"at step {n}" in second.outputs[0]
+    assert f"done: {n + 5} steps" in second.outputs[0] and "done:" not in second.outputs[1]  # only process 0 talks
+
+    # Reference: the same config in this process over its 8 devices.
+    cfg = lm_tiny.get_config("smoke")
+    for k, v in {**OVERRIDES, **run}.items():
+        section, *rest = k.split(".")
+        node = cfg[section]
+        for r in rest[:-1]:
+            node = node[r]
+        node[rest[-1]] = v
+    ref = tmp_path / "one_process"
+    loop.train_and_evaluate(cfg, str(ref), devices)
+
+    # Only process 0 wrote metrics: every step exactly once, across both launches.
+    assert [s for s, _ in curve(mp, "train/loss")] == list(range(1, n + 6))
+    for key in ("train/loss", "train/grad_norm", "train/lr", "eval/loss"):
+        a, b = curve(mp, key), curve(ref, key)
+        assert [s for s, _ in a] == [s for s, _ in b] and a, key
+        # The cross-process all-reduce (gloo) sums in another order than the in-process one:
+        # equal to float32 reduction-order tolerance, not bit for bit.
+        np.testing.assert_allclose([v for _, v in a], [v for _, v in b], rtol=1e-5, err_msg=key)
+
+    # (That a fresh process gives bit-identical metrics is test_train.py::test_resume_in_fresh_process_is_bit_exact.)
