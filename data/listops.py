@@ -165,22 +165,41 @@ class ListOpsSplit:
     tokens: np.ndarray   # uint8 [n, max_len + 1]: CLS, expression, PAD
     lengths: np.ndarray  # int32 [n]: expression tokens (CLS not counted)
     labels: np.ndarray   # int32 [n]: the value, 0..9
+    depths: np.ndarray   # int32 [n]: tree depth (a lone digit 1, an operator over digits 2, ...)
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def take(self, sl) -> "ListOpsSplit":
+        return ListOpsSplit(self.tokens[sl], self.lengths[sl], self.labels[sl], self.depths[sl])
 
 
 @dataclass(frozen=True)
 class ListOpsData:
     train: ListOpsSplit
-    val: ListOpsSplit
+    val: ListOpsSplit    # model selection (the tuning stage)
+    test: ListOpsSplit   # the final comparison; empty when num_test is 0
 
 
-def check_params(*, num_train: int, num_val: int, min_len: int, max_len: int, max_depth: int, max_args: int) -> None:
+def depths_of(tokens: np.ndarray) -> np.ndarray:
+    """Tree depth of every row (CLS, expression, PAD): the deepest operator nesting, plus one for its digits."""
+    t = tokens.astype(np.int32)
+    nest = np.cumsum(np.isin(t, OPERATORS).astype(np.int32) - (t == END), axis=1)  # an operator counts itself
+    return (nest.max(axis=1) + 1).astype(np.int32)
+
+
+def _positive_int(name: str, v, minimum: int = 1) -> None:
+    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < minimum:
+        raise DataError(f"data.{name}={v!r} must be an integer >= {minimum}")
+
+
+def check_params(*, num_train: int, num_val: int, min_len: int, max_len: int, max_depth: int, max_args: int,
+                 num_test: int = 0) -> None:
     for name, v in (("num_train", num_train), ("num_val", num_val), ("min_len", min_len), ("max_len", max_len),
                     ("max_depth", max_depth)):
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v <= 0:
             raise DataError(f"data.{name}={v!r} must be a positive integer")
+    _positive_int("num_test", num_test, minimum=0)
     if not isinstance(max_args, (int, np.integer)) or max_args < 2:
         raise DataError(f"data.max_args={max_args!r} must be an integer >= 2")
     if max_len < min_len:
@@ -231,35 +250,74 @@ def generate(n: int, *, seed: int, min_len: int, max_len: int, max_depth: int = 
         lengths[count] = len(expr)
         labels[count] = value
         count += 1
-    for a in (tokens, lengths, labels):
+    depths = depths_of(tokens)
+    for a in (tokens, lengths, labels, depths):
         a.setflags(write=False)
-    return ListOpsSplit(tokens, lengths, labels)
+    return ListOpsSplit(tokens, lengths, labels, depths)
 
 
 @functools.lru_cache(maxsize=4)
 def load(*, seed: int, num_train: int, num_val: int, min_len: int, max_len: int, max_depth: int = 10,
-         max_args: int = 10) -> ListOpsData:
-    """Fixed train and validation sets (disjoint: drawn as one pool of distinct expressions).
+         max_args: int = 10, num_test: int = 0) -> ListOpsData:
+    """Fixed train, validation and test sets (disjoint: drawn as one pool of distinct expressions).
 
-    Cached per argument tuple, so every task built in a process (and every
-    test) shares one copy; the arrays are read-only.
+    The pool is train, then validation, then test, so adding a test split leaves the other two as
+    they were. Cached per argument tuple, so every task built in a process (and every test) shares
+    one copy; the arrays are read-only.
     """
     check_params(num_train=num_train, num_val=num_val, min_len=min_len, max_len=max_len,
-                 max_depth=max_depth, max_args=max_args)
-    pool = generate(num_train + num_val, seed=seed, min_len=min_len, max_len=max_len,
+                 max_depth=max_depth, max_args=max_args, num_test=num_test)
+    pool = generate(num_train + num_val + num_test, seed=seed, min_len=min_len, max_len=max_len,
                     max_depth=max_depth, max_args=max_args)
-
-    def part(sl: slice) -> ListOpsSplit:
-        return ListOpsSplit(pool.tokens[sl], pool.lengths[sl], pool.labels[sl])
-
-    return ListOpsData(train=part(slice(0, num_train)), val=part(slice(num_train, None)))
+    return ListOpsData(train=pool.take(slice(0, num_train)), val=pool.take(slice(num_train, num_train + num_val)),
+                       test=pool.take(slice(num_train + num_val, None)))
 
 
 def from_config(data_cfg) -> ListOpsData:
     d = data_cfg
     return load(seed=int(d.generator_seed), num_train=int(d.num_train), num_val=int(d.num_val),
                 min_len=int(d.min_len), max_len=int(d.max_len), max_depth=int(d.max_depth),
-                max_args=int(d.max_args))
+                max_args=int(d.max_args), num_test=int(d.get("num_test", 0)))
+
+
+# --------------------------------------------------------------------------
+# Buckets: accuracy by tree depth and by expression length
+# --------------------------------------------------------------------------
+
+def length_bucket_edges(lengths: np.ndarray, num_buckets: int) -> list[tuple[int, int]]:
+    """Up to `num_buckets` inclusive length ranges with about equal counts of `lengths` (quantiles).
+
+    Lengths pile up near data.min_len (most trees are small), so equal-width ranges would leave
+    nearly every example in the first; a range is never split inside one length, so repeated
+    quantiles give fewer buckets.
+    """
+    _positive_int("length_buckets", num_buckets)
+    if len(lengths) == 0:
+        return []
+    qs = np.quantile(lengths, np.arange(1, num_buckets) / num_buckets, method="lower")
+    uppers = sorted({int(q) for q in qs} | {int(lengths.max())})
+    edges, lo = [], int(lengths.min())
+    for hi in uppers:
+        if hi >= lo:
+            edges.append((lo, hi))
+            lo = hi + 1
+    return edges
+
+
+def buckets(split: ListOpsSplit, num_length_buckets: int) -> dict[str, tuple[list[str], np.ndarray]]:
+    """{"depth": (names, ids), "length": (names, ids)}: each row's bucket index into names.
+
+    Depth buckets are the depths present (`depth_3`); length buckets the quantile ranges of
+    `length_bucket_edges` (`len_12-14`). Computed on the split itself, so the test split's buckets
+    are fixed by the data (data.generator_seed and the sizes), the same for every run on it.
+    """
+    ds = sorted({int(d) for d in split.depths})
+    depth_ids = np.searchsorted(np.array(ds, np.int32), split.depths).astype(np.int32)
+    edges = length_bucket_edges(split.lengths, num_length_buckets)
+    uppers = np.array([hi for _, hi in edges], np.int32)
+    length_ids = np.searchsorted(uppers, split.lengths).astype(np.int32)  # first range whose top >= length
+    return {"depth": ([f"depth_{d}" for d in ds], depth_ids),
+            "length": ([f"len_{lo}-{hi}" for lo, hi in edges], length_ids)}
 
 
 # --------------------------------------------------------------------------
@@ -319,6 +377,16 @@ def shortcut_predictions(train: ListOpsSplit, split: ListOpsSplit) -> dict[str, 
 def shortcut_accuracies(train: ListOpsSplit, split: ListOpsSplit) -> dict[str, float]:
     """Accuracy of each shortcut on `split` (rules fitted on `train`)."""
     return {name: float(np.mean(pred == split.labels)) for name, pred in shortcut_predictions(train, split).items()}
+
+
+def accuracy_by_bucket(pred: np.ndarray, split: ListOpsSplit, num_length_buckets: int) -> dict[str, float]:
+    """{bucket name: accuracy of `pred` on the rows of `split` in it}, for the buckets of `buckets`."""
+    correct = np.asarray(pred) == split.labels
+    out = {}
+    for names, ids in buckets(split, num_length_buckets).values():
+        for j, name in enumerate(names):
+            out[name] = float(correct[ids == j].mean())
+    return out
 
 
 # --------------------------------------------------------------------------

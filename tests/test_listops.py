@@ -94,6 +94,9 @@ def test_lengths_layout_depth_and_arity(split):
         assert depth <= SMALL["max_depth"] and 2 <= lo and hi <= SMALL["max_args"]
         depths.append(depth)
     assert max(depths) >= 5
+    np.testing.assert_array_equal(split.depths, depths)  # the generator's depths against the text oracle
+    assert listops.depths_of(listops.encode("7")[None]).tolist() == [1]
+    assert listops.depths_of(listops.encode("[MAX 2 [MIN 1 [SM 3 4 ] ] 5 ]")[None]).tolist() == [4]
     assert len({r.tobytes() for r in split.tokens}) == len(split)  # distinct
 
 
@@ -115,12 +118,28 @@ def test_vocabulary_round_trip():
         listops.encode("[FIRST 1 2 ]")
 
 
-def test_train_and_val_are_disjoint_and_cached():
+def test_train_val_and_test_are_disjoint_and_cached():
     kw = dict(seed=1, num_train=200, num_val=50, **SMALL)
-    d = listops.load(**kw)
-    assert listops.load(**kw) is d
-    assert not ({r.tobytes() for r in d.train.tokens} & {r.tobytes() for r in d.val.tokens})
-    assert len(d.train) == 200 and len(d.val) == 50
+    d = listops.load(**kw, num_test=30)
+    assert listops.load(**kw, num_test=30) is d
+    rows = [{r.tobytes() for r in s.tokens} for s in (d.train, d.val, d.test)]
+    assert not (rows[0] & rows[1] or rows[0] & rows[2] or rows[1] & rows[2])
+    assert (len(d.train), len(d.val), len(d.test)) == (200, 50, 30)
+    # The test split comes after the others: adding it leaves train and validation as they were.
+    without = listops.load(**kw)
+    assert len(without.test) == 0
+    for a, b in ((d.train, without.train), (d.val, without.val)):
+        np.testing.assert_array_equal(a.tokens, b.tokens)
+        np.testing.assert_array_equal(a.depths, b.depths)
+
+
+def test_length_buckets_are_quantile_ranges():
+    lengths = np.array([5, 5, 5, 5, 6, 7, 8, 9, 9, 30])
+    assert listops.length_bucket_edges(lengths, 4) == [(5, 5), (6, 6), (7, 8), (9, 30)]
+    assert listops.length_bucket_edges(lengths, 1) == [(5, 30)]
+    assert listops.length_bucket_edges(np.full(7, 12), 3) == [(12, 12)]  # repeated quantiles merge
+    with pytest.raises(DataError, match=r"data\.length_buckets=0"):
+        listops.length_bucket_edges(lengths, 0)
 
 
 def _task(process_index=0, process_count=1, **data):
@@ -146,20 +165,58 @@ def test_train_batches_deterministic_and_process_slices_assemble():
         assert listops.evaluate_text(listops.decode(row)) == label
 
 
-def test_eval_covers_validation_once_with_zero_weight_padding():
-    task = _task(num_val=21)  # 3 batches of 8, 3 padding rows
+def test_eval_covers_validation_then_test_once_with_zero_weight_padding():
+    task = _task(num_val=21, num_test=10)  # 3 + 2 batches of 8, 3 + 6 padding rows
     batches = list(task.eval_batches())
-    assert len(batches) == 3
+    assert len(batches) == 5
     w = np.concatenate([b["weights"] for b in batches])
-    assert w.dtype == np.float32 and w.sum() == 21 and (w[:21] == 1).all() and (w[21:] == 0).all()
-    inputs = np.concatenate([b["inputs"] for b in batches])[:21]
-    val = task.data.val
-    np.testing.assert_array_equal(inputs[:, :val.tokens.shape[1]], val.tokens)
-    np.testing.assert_array_equal(np.concatenate([b["labels"] for b in batches])[:21], val.labels)
-    per_process = [list(_task(i, 2, num_val=21).eval_batches()) for i in range(2)]
+    tw = np.concatenate([b["test_weights"] for b in batches])
+    assert w.dtype == tw.dtype == np.float32
+    np.testing.assert_array_equal(w, [1] * 21 + [0] * 3 + [0] * 16)
+    np.testing.assert_array_equal(tw, [0] * 24 + [1] * 10 + [0] * 6)
+    inputs = np.concatenate([b["inputs"] for b in batches])
+    labels = np.concatenate([b["labels"] for b in batches])
+    for split, rows in ((task.data.val, slice(0, 21)), (task.data.test, slice(24, 34))):
+        np.testing.assert_array_equal(inputs[rows, :split.tokens.shape[1]], split.tokens)
+        np.testing.assert_array_equal(labels[rows], split.labels)
+    per_process = [list(_task(i, 2, num_val=21, num_test=10).eval_batches()) for i in range(2)]
     for j, b in enumerate(batches):
         for k in b:
             np.testing.assert_array_equal(np.concatenate([p[j][k] for p in per_process]), b[k])
+
+
+def test_eval_scores_test_split_by_depth_and_length_against_numpy():
+    """A fake model that predicts the first expression token's digit value (or 0): the task's eval sums
+    must give the accuracy numpy computes on each split and in each bucket (depths from the text oracle)."""
+    import jax.numpy as jnp
+
+    task = _task(num_val=21, num_test=37, length_buckets=3)
+
+    def predict(inputs_BT):
+        first = np.asarray(inputs_BT)[:, 1].astype(np.int32) - listops.DIGIT0
+        return np.where((first >= 0) & (first < 10), first, 0)
+
+    def model(inputs_BT, segment_ids_BT):
+        return jnp.asarray(np.eye(10, dtype=np.float32)[predict(inputs_BT)] * 5.0), []
+
+    totals = {}
+    for b in task.eval_batches():
+        for k, v in task.eval_sums(model, b).items():
+            totals[k] = totals.get(k, 0.0) + float(v)
+    m = task.eval_metrics(totals)
+    val, test = task.data.val, task.data.test
+    hit_val, hit_test = predict(val.tokens) == val.labels, predict(test.tokens) == test.labels
+    assert m["accuracy"] == pytest.approx(hit_val.mean()) and m["test/accuracy"] == pytest.approx(hit_test.mean())
+    depths = np.array([listops.tree_shape(listops.decode(r))[0] for r in test.tokens])
+    edges = listops.length_bucket_edges(test.lengths, 3)
+    want = {f"depth_{d}": depths == d for d in np.unique(depths)}
+    want.update({f"len_{lo}-{hi}": (test.lengths >= lo) & (test.lengths <= hi) for lo, hi in edges})
+    got = {k.split("/")[1] for k in m if k.endswith("/examples")}
+    assert got == set(want) and len(edges) == 3
+    for name, rows in want.items():
+        assert m[f"test/{name}/examples"] == rows.sum()
+        assert m[f"test/{name}/accuracy"] == pytest.approx(hit_test[rows].mean())
+    assert sum(m[f"test/depth_{d}/examples"] for d in np.unique(depths)) == 37
 
 
 @pytest.mark.slow
@@ -175,6 +232,8 @@ def test_smoke_training_run(experiment_run):
     (dict(data=dict(min_len=50, max_len=40)), DataError, "data.max_len=40"),
     (dict(data=dict(seq_len=30)), DataError, "data.seq_len=30"),
     (dict(data=dict(num_train=0)), DataError, "data.num_train=0"),
+    (dict(data=dict(num_test=-1)), DataError, "data.num_test=-1"),
+    (dict(data=dict(length_buckets=0)), ConfigError, "data.length_buckets=0"),
     (dict(data=dict(min_len=5000, max_len=6000, max_depth=3)), DataError, "data.min_len=5000"),
     (dict(model=dict(num_classes=5)), ConfigError, "model.num_classes=5"),
     (dict(model=dict(causal=True)), ConfigError, "model.causal=True"),
@@ -199,8 +258,11 @@ def test_config_variants():
     for v in ("dense", "performer", "longformer"):
         c = get_config(f"variant={v}")
         assert c.model.attention == v and c.model.longformer.num_global == 1 and not c.model.causal
+    d = get_config().data  # the learnable reduced setting (experiments/results/listops/SEARCH.md)
+    assert (d.min_len, d.max_len, d.seq_len, d.max_depth, d.max_args, d.num_test) == (16, 31, 32, 3, 4, 2000)
     full = get_config("full")
     assert (full.data.min_len, full.data.max_len, full.data.seq_len) == (500, 2000, 2048)
+    assert (full.data.max_depth, full.data.max_args) == (10, 10)
     assert (full.model.d_model, full.model.n_layers, full.train.num_steps) == (512, 4, 5000)
     with pytest.raises(ValueError, match="variant='sparse'"):
         get_config("variant=sparse")
