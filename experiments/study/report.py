@@ -544,6 +544,7 @@ def render_markdown(an: dict, title: str = "", load_errors=(), suffix: str = "")
 
     lines += _trend_lines(an, unit)
     lines += _reference_lines(an)
+    lines += _breakdown_lines(an)
     lines += ["", "## Scaling fit", ""]
     if not an.get("fits"):
         lines += ["No scaling fit: this study declares none. Fits are opt-in: a study names each fit it wants "
@@ -604,6 +605,55 @@ def _reference_lines(an: dict) -> list[str]:
         lines.append(f"- `{_esc(p['point'])}`: {p['mean']:.4f} [{p['ci_low']:.4f}, {p['ci_high']:.4f}] against the "
                      f"best baseline `{_esc(best_name)}` ({best:.4f}, difference {p['mean'] - best:+.4f}): {verdict}.")
     return lines
+
+
+def _bucket_order(name: str):
+    import re
+
+    m = re.search(r"\d+", name)
+    return (int(m.group()) if m else math.inf, name)
+
+
+def _breakdown_lines(an: dict) -> list[str]:
+    """The study's breakdowns (Study.breakdowns): per point and bucket, the seed mean with its t CI."""
+    out = []
+    refs = an.get("references") or {}
+    for title, pattern in (an.get("breakdowns") or {}).items():
+        prefix, suffix = pattern.split("*")
+        found = {k[len(prefix):-len(suffix)] for p in an["points"] for r in p["records"]
+                 for k in (r.get("final") or {}) if k.startswith(prefix) and k.endswith(suffix)}
+        buckets = sorted((b for b in found if b and "/" not in b), key=_bucket_order)
+        out += ["", f"## Breakdown: {title}", "",
+                f"`{pattern}` per bucket (`*`), at each run's last eval: seed mean [{an['confidence']:.0%} t CI]. "
+                f"Descriptive: no tests, not part of the corrected family."
+                + (" Reference baselines (no training) on the same buckets below the points." if refs else ""), ""]
+        if not buckets:
+            out += ["No run recorded these metrics.", ""]
+            continue
+        out += ["| point | " + " | ".join(f"`{b}`" for b in buckets) + " |", "|---|" + "---|" * len(buckets)]
+        counts = []
+        for b in buckets:
+            vals = {r["final"].get(f"{prefix}{b}/examples") for p in an["points"] for r in p["records"]}
+            counts.append(f"{vals.pop():g}" if len(vals) == 1 and None not in vals else "varies")
+        if any(c != "varies" for c in counts):
+            out.append("| examples | " + " | ".join(counts) + " |")
+        for p in an["points"]:
+            cells = []
+            for b in buckets:
+                v = np.array([_num(r["final"].get(f"{prefix}{b}{suffix}")) for r in p["records"]], dtype=float)
+                v = v[np.isfinite(v)]
+                if v.size >= 2:
+                    s = stats.summarize(v, confidence=an["confidence"])
+                    cells.append(f"{s['mean']:.4f} [{s['ci_low']:.4f}, {s['ci_high']:.4f}]")
+                else:
+                    cells.append(f"{v[0]:.4f} (n=1)" if v.size else "n/a")
+            out.append(f"| `{_esc(p['point'])}` | " + " | ".join(cells) + " |")
+        for name, r in refs.items():
+            if any(f"{prefix}{b}{suffix}" in r for b in buckets):
+                out.append(f"| reference `{_esc(name)}` | " + " | ".join(
+                    f"{r[f'{prefix}{b}{suffix}']:.4f}" if f"{prefix}{b}{suffix}" in r else "n/a" for b in buckets) + " |")
+        out.append("")
+    return out
 
 
 def _trend_lines(an: dict, unit: str) -> list[str]:
@@ -779,6 +829,7 @@ def write_study_reports(results_dir, study, n_boot: int = 1000, tuning_lines=Non
         an["role"] = role
         an["tuning_lines"] = tuning_lines
         an["references"] = {k: r for k, r in refs.items() if an["metric"] in r}
+        an["breakdowns"] = dict(getattr(study, "breakdowns", None) or {})
         paths.append(_write(Path(results_dir), an, records, errors, metric_suffix(j, an["metric"])))
     return paths
 

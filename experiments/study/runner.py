@@ -71,6 +71,10 @@ class Study:
     # Baselines that need no training, scored on the evaluation split: f(config of the first main run) ->
     # {name: {"how": one line, <metric>: value}}. Computed once into references.json; every report shows them.
     references: Any = None
+    # Per-bucket metrics tabled per point in every report, descriptive only (no tests, not in the family):
+    # {title: "eval/test/depth_*/accuracy"}, "*" one path component (the bucket). A bucket's count, when the
+    # task logs one as the sibling ".../examples", is tabled too. Kept in each record's "final".
+    breakdowns: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def point_names(self) -> list[str]:
         if self.names is not None:
@@ -180,6 +184,11 @@ def validate_study(study: Study) -> None:
         raise StudyError(f"study {study.name!r} has an empty grid")
     if study.references is not None and not callable(study.references):
         raise StudyError(f"study {study.name!r}: references={study.references!r} must be a function of the config")
+    for title, pattern in study.breakdowns.items():
+        suffix = breakdown_parts(pattern)[1] if isinstance(pattern, str) else ""
+        if not (pattern.count("*") == 1 and suffix.startswith("/") and suffix.count("/") == 1):
+            raise StudyError(f"study {study.name!r}: breakdowns[{title!r}]={pattern!r} must be a metric name whose "
+                             f"next-to-last component holds one '*' (the bucket), e.g. 'eval/test/depth_*/accuracy'")
     if study.budget.get("mode") not in BUDGET_MODES:
         raise StudyError(f"study {study.name!r}: budget.mode={study.budget.get('mode')!r} must be one of {list(BUDGET_MODES)}")
     if not study.seeds:
@@ -238,6 +247,22 @@ def validate_study(study: Study) -> None:
         if t.budget.get("mode") not in BUDGET_MODES:
             raise StudyError(f"study {study.name!r}: tuning.budget.mode={t.budget.get('mode')!r} must be one of "
                              f"{list(BUDGET_MODES)}")
+
+
+def breakdown_parts(pattern: str) -> tuple[str, str]:
+    """'eval/test/depth_*/accuracy' -> ('eval/test/depth_', '/accuracy')."""
+    prefix, _, suffix = pattern.partition("*")
+    return prefix, suffix
+
+
+def in_breakdown(study: Study, key: str) -> bool:
+    """Whether a metric is a bucket of one of the study's breakdowns (its value or its ".../examples" count)."""
+    for pattern in study.breakdowns.values():
+        prefix, _ = breakdown_parts(pattern)
+        rest = key[len(prefix):] if key.startswith(prefix) else ""
+        if rest.count("/") == 1 and not rest.startswith("/"):
+            return True
+    return False
 
 
 def _budget_tag(v: float) -> str:
@@ -353,7 +378,7 @@ def record_for(study: Study, run: Run, summary: dict, data_order: str) -> dict:
         "budget": dict(run.budget or study.budget), "steps": summary["steps"], "tokens": summary["tokens"],
         "params": summary["params"], "flops_per_token": summary["flops_per_token"],
         "train_flops": summary["train_flops"], "wall_time_s": summary["wall_time_s"],
-        "final": {k: v for k, v in summary["final"].items() if k in study.metrics},
+        "final": {k: v for k, v in summary["final"].items() if k in study.metrics or in_breakdown(study, k)},
         "best": {k: v for k, v in summary["best"].items() if k in study.metrics},
         "curve": [{k: v for k, v in c.items() if k == "step" or k in study.metrics} for c in summary["curve"]],
         "data_order": data_order, **({"tuned": run.tuned} if run.tuned else {}),
