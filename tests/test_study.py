@@ -110,12 +110,37 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path):
 
 @pytest.mark.slow
 def test_listops_smoke_study_compares_attention_types(tmp_path):
+    """The ListOps study end to end on the smoke config: test-split metrics and their depth and length
+    buckets in every record, the shortcuts scored on the test split, and the breakdown tables."""
+    from data import listops
+
     study = load_study("experiments/studies/listops.py:smoke")
     run_study(study, tmp_path, log=lambda *_: None)
     records = load_results(tmp_path / "results.jsonl")
     assert sorted({r["point"] for r in records}) == ["dense", "longformer", "performer"]
-    assert all(0.0 <= r["final"]["eval/accuracy"] <= 1.0 for r in records)
-    assert "performer" in (tmp_path / "report.md").read_text()
+    cfg = expand(study, tmp_path)[0].config
+    data = listops.from_config(cfg.data)
+    for r in records:
+        f = r["final"]
+        assert 0.0 <= f["eval/test/accuracy"] <= 1.0 and 0.0 <= f["eval/accuracy"] <= 1.0
+        for kind in ("depth_", "len_"):
+            counts = [v for k, v in f.items() if k.startswith("eval/test/" + kind) and k.endswith("/examples")]
+            assert len(counts) >= 1 and sum(counts) == len(data.test) == cfg.data.num_test
+    refs = json.loads((tmp_path / "references.json").read_text())["references"]
+    want = listops.shortcut_accuracies(data.train, data.test)
+    assert {k: r["eval/test/accuracy"] for k, r in refs.items()} == pytest.approx(want)
+    report = (tmp_path / "report.md").read_text()
+    assert "primary metric `eval/test/accuracy`; secondary: `eval/accuracy`. **This is the primary metric.**" in report
+    depth_table = report.split("## Breakdown: test accuracy by tree depth")[1].split("## ")[0]
+    assert all(f"`{p}`" in depth_table for p in ("dense", "performer", "longformer"))
+    assert "reference `root_over_direct_args`" in depth_table and "| examples |" in depth_table
+    assert "## Breakdown: test accuracy by expression length (tokens)" in report
+    # The full study validates: its tuning metric is the validation split's, a metric it records.
+    full = load_study("experiments/studies/listops.py")
+    assert full.tuning.metric == "eval/accuracy" and full.primary == "eval/test/accuracy"
+    with pytest.raises(StudyError, match="breakdowns"):
+        validate_study(Study(name="b", config=study.config, grid=[{}], seeds=[0, 1], budget=study.budget,
+                             breakdowns={"x": "eval/accuracy"}))
 
 
 # ----------------------------------------------------------------- tuning stage, protocol, Slurm (fake training)
