@@ -1,7 +1,11 @@
 """ListOps, a learnable reduced setting: dense vs Performer vs Longformer, tuned per variant, 5 seeds.
 
-    python -m experiments.study experiments/studies/listops.py --out experiments/results/listops
+    python -m experiments.study experiments/studies/listops.py --out runs/listops   # a fresh folder
     python -m experiments.study experiments/studies/listops.py:smoke --out /tmp/listops_smoke
+
+Run into a fresh folder, then replace experiments/results/listops/ with its outputs: the folder's
+committed results.jsonl holds the first design's dense/performer/longformer seeds 0-2, which the
+runner (resuming by point and seed) would take as done.
 
 The question (Long Range Arena, Tay et al. 2021, table 1): on ListOps, does the choice of
 efficient attention change accuracy? LRA: Transformer 36.37, Longformer 35.63, Performer 18.01.
