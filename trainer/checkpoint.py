@@ -27,7 +27,9 @@ hand; a checkpoint of another config is still an error, not damage.
 """
 from __future__ import annotations
 
+import gc
 import json
+import sys
 from typing import Any
 
 import logging
@@ -119,6 +121,22 @@ def _one_writer_per_array_in_one_process() -> None:
             jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
 
 
+def _collect_abandoned_reads() -> None:
+    """Collect, quietly, the array reads that orbax abandons when one read of a restore fails.
+
+    They stay behind as suspended coroutines; garbage-collected later (in whatever code runs then),
+    each one prints an "Exception ignored in: <coroutine ...>" traceback about the closed event loop.
+    The damage is already being reported in one line, so they are collected here with the
+    unraisable-exception hook muted.
+    """
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda _: None
+    try:
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
+
+
 class Checkpointer:
     def __init__(self, workdir: str, keep: int, async_save: bool = True):
         _one_writer_per_array_in_one_process()
@@ -196,6 +214,7 @@ class Checkpointer:
         return None, None, {}
 
     def _report_damage(self, step: int, error: Exception) -> None:
+        _collect_abandoned_reads()
         first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
         moved = self.quarantine(step)
         log.warning("checkpoint at step %d cannot be restored (%s: %s); moved aside to %s, trying the one before",
