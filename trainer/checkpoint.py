@@ -116,9 +116,20 @@ def _one_writer_per_array_in_one_process() -> None:
     are on the same host, so it only adds one eager device slice per array and replica (8 fake CPU
     devices: about 0.6 s of CPU per save of a small model). The files written are the same.
     """
-    if jax.process_count() == 1:
-        ocp.type_handlers.register_type_handler(
-            jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+    global _ONE_WRITER
+    if jax.process_count() == 1 and not _ONE_WRITER:
+        absl_log = logging.getLogger("absl")  # orbax logs a warning for any override of a handler
+        level = absl_log.level
+        absl_log.setLevel(logging.ERROR)
+        try:
+            ocp.type_handlers.register_type_handler(
+                jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+        finally:
+            absl_log.setLevel(level)
+        _ONE_WRITER = True
+
+
+_ONE_WRITER = False
 
 
 def _collect_abandoned_reads() -> None:
