@@ -522,7 +522,8 @@ def run_study(study: Study, out: str | Path, *, collect_only: bool = False, repo
     if train_fn is None:
         from trainer import loop
 
-        # A point's seeds share its compiled programs (trainer/loop.py: reuse_programs).
+        # Runs that differ only in seed, schedule numbers or length (a point's seeds, the tuning
+        # stage's rates, a point's budgets) share compiled programs (trainer/loop.py: reuse_programs).
         with loop.reuse_programs():
             return run_study(study, out, collect_only=collect_only, report=report, log=log,
                              train_fn=loop.train_and_evaluate)
