@@ -188,13 +188,17 @@ def test_sigterm_saves_exits_0_and_the_next_launch_resumes_exactly(tmp_path):
     assert max(train_losses(wd)) == n  # the metrics of the last step were flushed
     assert not (wd / "summary.json").exists()  # the run is not finished
 
-    out = subprocess.run(_cmd(wd, *flags, f"--config.train.stop_at={n + 3}"), cwd=ROOT, env=ENV,
+    # The next launch, a new process, continues to the reference's step 40: every training loss and
+    # the evaluation at step 40 equal the uninterrupted run's, bit for bit.
+    out = subprocess.run(_cmd(wd, *flags, "--config.train.stop_at=40"), cwd=ROOT, env=ENV,
                          capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"at step {n}" in out.stderr
     got, want = train_losses(wd), train_losses(ref)
-    assert sorted(got) == list(range(1, n + 4))
-    assert [got[i] for i in sorted(got)] == [want[i] for i in sorted(got)]  # bit for bit
+    assert sorted(got) == sorted(want) == list(range(1, 41))
+    assert got == want  # exact float equality
+    evals = lambda d: [(r["step"], r["eval/loss"]) for r in read_metrics(d) if "eval/loss" in r]  # noqa: E731
+    assert evals(ref)[-1][0] == 40 and evals(ref)[-1] in evals(wd)
 
 
 @pytest.mark.slow

@@ -125,4 +125,4 @@ def test_sigterm_to_one_process_stops_both_then_they_resume_and_match_one_proces
         # equal to float32 reduction-order tolerance, not bit for bit.
         np.testing.assert_allclose([v for _, v in a], [v for _, v in b], rtol=1e-5, err_msg=key)
 
-    # (That a fresh process gives bit-identical metrics is test_train.py::test_resume_in_fresh_process_is_bit_exact.)
+    # (That a fresh process gives bit-identical metrics is test_fault_tolerance.py::test_sigterm_saves_exits_0_and_the_next_launch_resumes_exactly.)
