@@ -39,7 +39,7 @@ def test_interrupted_run_resumes_from_its_checkpoint(tmp_path):
     from trainer import loop
 
     study = load_study(small_study_file(tmp_path))
-    study.grid, study.names, study.baseline = study.grid[:1], study.names[:1], None
+    study.grid, study.names, study.baseline, study.seeds = study.grid[:1], study.names[:1], None, [0]
     out = tmp_path / "study"
     run = expand(study, out)[0]
     half = run.config.copy_and_resolve_references()
