@@ -59,11 +59,14 @@ def test_attention_benchmark_writes_report(tmp_path, capsys):
 
     from benchmarks import attention as attention_complexity
 
-    attention_complexity.main(["--lengths", "256", "--repeats", "1", "--out", str(tmp_path)])
+    attention_complexity.main(["--lengths", "64", "--repeats", "1", "--out", str(tmp_path)])
     attention_complexity.main(["--sweep", "knobs", "--knobs", "M", "--knob-n", "64", "--knob-values", "16,32,64",
                                "--repeats", "2", "--inner", "1", "--out", str(tmp_path)])
     report = (tmp_path / "report.md").read_text()
-    assert "| 256 | longformer |" in report and "Exponents of n" in report  # the n sweep, re-rendered from its JSON
+    assert "| 64 | longformer |" in report and "Exponents of n" in report  # the n sweep, re-rendered from its JSON
+    smoke = json.loads((tmp_path / "attention_complexity.json").read_text())["summary"]["checks"]["pallas_kernel_smoke"]
+    assert smoke["n"] == 64 and smoke["max_abs_err_out"] < 1e-4 and smoke["max_abs_err_grads"] < 1e-3
+    assert "Pallas flash kernel, interpret mode (correctness only) at n=64" in report
     assert "## Cost against d, M and W" in report and "| M | performer | O(n M d) | 16-64 | 1 |" in report
     res = json.loads((tmp_path / "attention_knobs.json").read_text())
     (fit,) = res["fits"]
