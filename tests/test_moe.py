@@ -462,6 +462,7 @@ def test_dead_expert_window():
 def test_expert_parallel_matches_single_device(devices, mode):
     def cfg(shape):
         c = moe_cfg(dispatch=mode, capacity_factor=1.0)
+        c.model.n_layers = 1  # one MoE layer holds every sharded expert weight
         c.data.update(batch_size=16, seq_len=16)
         c.mesh.shape.update(data=1, fsdp=1, tensor=1, expert=1)
         c.mesh.shape.update(**shape)
