@@ -3,9 +3,9 @@
     python -m experiments.study experiments/studies/listops.py --out runs/listops   # a fresh folder
     python -m experiments.study experiments/studies/listops.py:smoke --out /tmp/listops_smoke
 
-Run into a fresh folder, then replace experiments/results/listops/ with its outputs: the folder's
-committed results.jsonl holds the first design's dense/performer/longformer seeds 0-2, which the
-runner (resuming by point and seed) would take as done.
+Run into a fresh folder, then replace experiments/results/listops/'s results with its outputs (the
+runner resumes by point and seed, so a folder holding another design's records would be taken as
+done). The committed results (README.md there) are this design's full run.
 
 The question (Long Range Arena, Tay et al. 2021, table 1): on ListOps, does the choice of
 efficient attention change accuracy? LRA: Transformer 36.37, Longformer 35.63, Performer 18.01.
