@@ -65,7 +65,6 @@ class Setup:
     state_shardings: Any
     batch_shardings: dict
     tx: optax.GradientTransformation     # with the config's schedule numbers: for init and shapes
-    schedule: optax.Schedule
     schedule_values: dict                # the train step's `hparams` (trainer/optim.py schedule_values)
     nan_policy: str = "raise"
     nan_injection: tuple[int, int] | None = None  # test-only (trainer/nan_guard.py)
@@ -223,7 +222,7 @@ def setup(config, devices=None) -> Setup:
         raise MeshError(f"mesh.rules={config.mesh.rules!r}: {e}") from None
 
     values = schedule_values(config.optim, int(config.train.num_steps))
-    tx, schedule = make_optimizer(config.optim, int(config.train.num_steps), values)
+    tx, _ = make_optimizer(config.optim, int(config.train.num_steps), values)
     replicated = NamedSharding(mesh, P())
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
     # Optimizer moments shard like their parameters; counters are replicated.
@@ -236,7 +235,7 @@ def setup(config, devices=None) -> Setup:
     batch_shardings = {k: NamedSharding(mesh, logical_to_spec(v, rules)) for k, v in task.batch_axes().items()}
     nan_policy, nan_injection = nan_guard.validate(config.train, abstract_params)
     return Setup(config, mesh, rules, task, graphdef, abstract_params, param_shardings, state_shardings,
-                 batch_shardings, tx, schedule, values, nan_policy=nan_policy, nan_injection=nan_injection)
+                 batch_shardings, tx, values, nan_policy=nan_policy, nan_injection=nan_injection)
 
 
 def abstract_state(s: Setup) -> dict:

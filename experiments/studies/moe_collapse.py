@@ -85,7 +85,7 @@ from pathlib import Path
 
 from experiments.configs.defaults import parse_arg
 from experiments.study import Study
-from experiments.study.results import results_dir_cli
+from experiments.study.results import results_dir_cli, study_records
 from experiments.study.runner import Tuning
 from moe.health import COLLAPSE_ENTROPY, COLLAPSE_STARVED
 
@@ -236,16 +236,9 @@ def collapse_markdown(records: list[dict], num_experts: int = EXPERTS, order=Non
 
 
 def write_collapse_report(results_dir) -> Path:
-    from experiments.study.results import load_results
-
-    results_dir = Path(results_dir)
-    path = results_dir / "results.jsonl"
-    if not path.exists():
-        from nn.errors import StudyError
-
-        raise StudyError(f"{path} does not exist: run the study first")
-    out = results_dir / "collapse.md"
-    out.write_text(collapse_markdown(load_results(path)), encoding="utf-8")
+    _, records = study_records(results_dir)
+    out = Path(results_dir) / "collapse.md"
+    out.write_text(collapse_markdown(records), encoding="utf-8")
     return out
 
 

@@ -75,7 +75,7 @@ from pathlib import Path
 
 from experiments.configs.defaults import parse_arg
 from experiments.study import Study
-from experiments.study.results import results_dir_cli
+from experiments.study.results import results_dir_cli, study_records
 from experiments.study.runner import Tuning
 
 VOCAB = 1024
@@ -271,18 +271,13 @@ def crossing_markdown(records: list[dict], a: str = "dense_params", b: str = "mo
 
 
 def write_crossing_report(results_dir) -> Path:
-    from experiments.study.results import load_results
     from nn.errors import StudyError
 
-    results_dir = Path(results_dir)
-    path = results_dir / "results.jsonl"
-    if not path.exists():
-        raise StudyError(f"{path} does not exist: run the study first")
-    records = load_results(path)
+    path, records = study_records(results_dir)
     points = {r["point"] for r in records}
     if not {"moe", "dense_params"} <= points:
         raise StudyError(f"{path} has no runs of both `moe` and `dense_params` (it has: {sorted(points)})")
-    out = results_dir / "crossing.md"
+    out = Path(results_dir) / "crossing.md"
     out.write_text(crossing_markdown(records), encoding="utf-8")
     return out
 

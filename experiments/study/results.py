@@ -97,6 +97,16 @@ def load_results(path, return_errors: bool = False):
     return records
 
 
+def study_records(results_dir) -> tuple[Path, list[dict]]:
+    """(path, records) of a study's results.jsonl; a StudyError naming the path when it is missing."""
+    from nn.errors import StudyError
+
+    path = Path(results_dir) / "results.jsonl"
+    if not path.exists():
+        raise StudyError(f"{path} does not exist: run the study first")
+    return path, load_results(path)
+
+
 def results_dir_cli(argv, prog: str, write) -> int:
     """`python -m PROG RESULTS_DIR`: print `write(RESULTS_DIR)`; bad input is one line on stderr and exit 2."""
     import sys
