@@ -7,7 +7,9 @@ runner.py   Study definitions, the grid expansion, budgets, resumable execution,
 results.py  results.jsonl: one record per finished run
 stats.py    means, t-intervals, paired/Welch tests, Holm correction, budgets
 fits.py     power-law fits and the compute frontier
-report.py   the markdown report (tables, comparisons, fits) and its command line
+scaling.py, scaling_report.py   Chinchilla isoFLOP and parametric fits, and their report section
+analysis.py per-point summaries, comparisons, trends, family-wise correction; runs the fits
+report.py   renders an analysis as markdown (tables, verdict lines) and its command line
 plots.py    curves and metric-vs-compute plots
 """
 from experiments.study.runner import (Study, expand, grid_product, load_config, load_study, point_name, run_study,

@@ -1,7 +1,6 @@
 """Scaling-law fits for FLOPs-matched studies: the compute-efficient frontier and L(N).
 
-Split from `experiments/report.py`, which renders what these functions
-compute. See that module's docstring for the design choices.
+`analysis.py` runs them and states the design choices; `report.py` renders the results.
 """
 
 from __future__ import annotations
