@@ -26,7 +26,7 @@ batches of 16; every FFN replaced per arm:
   the router's D E per layer), 4x the FFN FLOPs per token, 1.66x in all (737K: embedding,
   unembedding and attention are the same in every arm, a third of the parameters).
 The report lists every arm's parameters and training FLOPs (the task's own counts);
-tests/test_moe.py checks the matching.
+tests/test_moe_studies.py checks the matching.
 
 Protocol: 1,000 steps (2.05M training tokens, about 5.7M bytes of text) per run, the same
 tokens for every arm in the same order per seed (paired), 5 seeds. Primary metric `eval/bpb`
