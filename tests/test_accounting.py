@@ -32,7 +32,7 @@ def _flops_budget_runs(spec: str, steps_of_first: float, tmp_path):
 def test_clip_flops_budget_uses_the_clip_tasks_own_count(tmp_path):
     from models.flops import train_flops_per_token
 
-    study, runs = _flops_budget_runs("experiments/studies/clip_batch_size.py:smoke", 10.5, tmp_path)
+    study, runs = _flops_budget_runs("experiments/studies/clip_batch_steps.py:smoke", 10.5, tmp_path)
     assert {r.config.task for r in runs} == {"clip"}
     budget = study.budget["value"]
     for run in runs:
