@@ -4,7 +4,7 @@
       python -m experiments.study experiments/studies/clip_batch_steps.py --out experiments/results/clip_batch_steps
     python -m experiments.studies.clip_batch_steps experiments/results/clip_batch_steps   # tables.md (accuracy, CIs)
 
-The question the batch-size study this replaces (experiments/results/clip_batch_size) could not
+The question the batch-size study this replaces (clip_batch_size, in git history at 369b9d2) could not
 answer: at a fixed number of optimizer steps, does a larger batch (more negatives per positive
 *and* more pairs per step) train a better CLIP, once each batch gets its own learning rate? Every
 run takes the same `STEPS` steps; batch B in {32, 64, 128, 256}; the learning rate is chosen per

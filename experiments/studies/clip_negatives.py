@@ -7,7 +7,7 @@
 
 The claim tested (the seed's, after van den Oord et al. 2018 and CLIP): the InfoNCE bound tightens
 with the number of negatives each positive meets, so more negatives give better representations.
-The batch-size study this replaces (experiments/results/clip_batch_size) varied the batch at a
+The batch-size study this replaces (clip_batch_size, in git history at 369b9d2) varied the batch at a
 matched number of examples, so the large batches also took 8x fewer steps: steps and negatives
 were confounded. Here every run trains on the same batches of 256 pairs for the same number of
 steps (the same seed gives the same pairs in the same order at every point, so comparisons are
