@@ -70,5 +70,5 @@ def test_committed_report_regenerates(name, tmp_path, monkeypatch):
 
 
 def test_the_regeneration_covers_every_study_with_results():
-    assert {"clip_batch_steps", "clip_temperature", "listops", "lm_isoflop", "moe_collapse",
-            "moe_vs_dense"} <= set(STUDIES)
+    assert {"clip_batch_steps", "clip_negatives", "clip_temperature", "listops", "lm_isoflop",
+            "moe_collapse", "moe_vs_dense"} <= set(STUDIES)

@@ -41,7 +41,8 @@ Cost (30 main + 18 tuning runs), measured on this project's 2-core VM (AMD EPYC,
 quiet (one study at a time): a batch-256 step costs ~0.165 s of wall-clock (the 200-step runs:
 37-40 s for a seed whose programs are compiled, ~48 s for the first seed of a point, which
 compiles; every b' alike within a second). Tuning 18 x (150 x 0.165 + 8) ~ 600 s, main runs
-30 x (500 x 0.165 + 8) ~ 2,700 s: about 55 minutes quiet. On a loaded machine (load ~10) a step
+30 x (500 x 0.165 + 8) ~ 2,700 s: about 55 minutes quiet. Measured (the committed
+run): 608 s of tuning and 2,977 s of main runs (95-111 s each), 62 minutes for the whole command. On a loaded machine (load ~10) a step
 cost 0.32 CPU s and wall time ran ~3.5x the CPU time. Pilots (seed 0, rate 4e-3, untuned, 200
 steps): b' = 256 held-out shape top-1 0.365 (seen 0.590); b' = 8 0.535 (seen 0.733); chance 0.167,
 one run's standard error ~0.03 over 288 images.
