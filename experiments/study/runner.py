@@ -212,7 +212,7 @@ def validate_study(study: Study) -> None:
         raise StudyError(f"study {study.name!r}: primary={study.primary!r} is not one of metrics {list(study.metrics)}")
     if study.correction not in ("holm", "bh"):
         raise StudyError(f"study {study.name!r}: correction={study.correction!r} must be 'holm' or 'bh'")
-    from experiments.study.report import FIT_KINDS
+    from experiments.study.analysis import FIT_KINDS
 
     unknown = sorted(set(study.fits) - set(FIT_KINDS))
     if unknown:
